@@ -1,0 +1,102 @@
+"""Configuration from the environment (DESIGN.md 7). Read once, at app or command start."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from ledger.errors import ConfigurationError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_MAX_BODY = 5 * 1024 * 1024
+DEFAULT_PURPOSES: dict[str, list[str]] = {
+    "pii": ["fraud-investigation", "regulatory-reporting", "customer-support"],
+    "phi": ["treatment", "regulatory-reporting"],
+    "confidential": ["regulatory-reporting", "audit"],
+}
+
+
+def _purposes(raw: str | None) -> dict[str, list[str]]:
+    if not raw:
+        return dict(DEFAULT_PURPOSES)
+    try:
+        value = json.loads(raw)
+    except ValueError as e:
+        raise ConfigurationError(f"LEDGER_ACCESS_PURPOSES is not JSON: {e}") from e
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, list) and all(isinstance(p, str) for p in v) for k, v in value.items()
+    ):
+        raise ConfigurationError('LEDGER_ACCESS_PURPOSES must map tags to lists of purposes: {"pii": ["..."]}')
+    return value
+
+
+def default_policy_dir() -> Path:
+    """The policies shipped with the package (the repository's `policies/`)."""
+    return Path(str(resources.files("ledger._policies")))
+
+
+def _int_env(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as e:
+        raise ConfigurationError(f"{name}={raw!r} is not an integer") from e
+    if value < minimum:
+        raise ConfigurationError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the service reads from its environment."""
+
+    data_dir: Path
+    database_url: str
+    origin: str
+    signing_key_path: Path
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    checkpoint_interval: int = 60
+    policy_dir: Path = field(default_factory=default_policy_dir)
+    max_validation_age_days: int = 90
+    run_scheduler: bool = True
+    # Purposes for which data carrying each sensitive tag may be read (policies/access.rego).
+    allowed_purposes: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_PURPOSES))
+
+    @staticmethod
+    def from_env(env: dict[str, str] | None = None) -> Settings:
+        e = dict(os.environ if env is None else env)
+        data_dir = Path(e.get("LEDGER_DATA_DIR") or "./ledger-data").resolve()
+        db = e.get("LEDGER_DATABASE_URL") or f"sqlite:///{data_dir / 'ledger.db'}"
+        origin = e.get("LEDGER_ORIGIN") or f"ledger.local/{instance_id(data_dir)}"
+        key = Path(e.get("LEDGER_SIGNING_KEY") or data_dir / "signing-key.pem")
+        return Settings(
+            data_dir=data_dir,
+            database_url=db,
+            origin=origin,
+            signing_key_path=key,
+            max_body_bytes=_int_env(e, "LEDGER_MAX_BODY_BYTES", DEFAULT_MAX_BODY, 1024),
+            checkpoint_interval=_int_env(e, "LEDGER_CHECKPOINT_INTERVAL", 60, 1),
+            policy_dir=Path(e["LEDGER_POLICY_DIR"]) if e.get("LEDGER_POLICY_DIR") else default_policy_dir(),
+            max_validation_age_days=_int_env(e, "LEDGER_MAX_VALIDATION_AGE_DAYS", 90, 1),
+            run_scheduler=e.get("LEDGER_SCHEDULER", "1") not in ("0", "false", "no"),
+            allowed_purposes=_purposes(e.get("LEDGER_ACCESS_PURPOSES")),
+        )
+
+
+def instance_id(data_dir: Path) -> str:
+    """A stable id for this data directory (the default origin's suffix); created on first use."""
+    path = data_dir / "instance-id"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with path.open("x") as f:
+                f.write(uuid.uuid4().hex[:16] + "\n")
+        except FileExistsError:
+            pass  # another process made it first; read theirs
+    return path.read_text().strip()

@@ -1,0 +1,94 @@
+"""Engine and transactions for SQLite (the zero-set-up default) and PostgreSQL.
+
+Writers go through `Database.write()`: on PostgreSQL it takes a transaction-scoped advisory lock, on
+SQLite it begins an IMMEDIATE transaction, so appends are serialised across processes and hosts.
+Readers use `Database.read()`, which takes no lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection, Engine
+from sqlmodel import Session, create_engine
+
+# Any constant works; it only has to be the same in every process that appends.
+SEQUENCER_LOCK_KEY = 0x1ED6E2
+
+
+def _is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def make_engine(url: str, *, pool_size: int = 5) -> Engine:
+    """Creates an engine; SQLite gets WAL, full sync, foreign keys and manual BEGIN control."""
+    if _is_sqlite(url):
+        # A pool of reused connections: opening one costs a file open and four pragmas.
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=pool_size,
+            max_overflow=10,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy's "begin" event decide how transactions start (pysqlite's own
+            # implicit BEGIN would defer the write lock until the first write).
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            options = conn.get_execution_options()
+            if options.get("isolation_level") == "AUTOCOMMIT":
+                return  # a single-statement read: no transaction
+            immediate = options.get("ledger_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+    return create_engine(url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
+
+
+class Database:
+    """One engine and the two kinds of transaction the ledger uses."""
+
+    def __init__(self, url: str, *, pool_size: int = 5) -> None:
+        self.url = url
+        self.is_sqlite = _is_sqlite(url)
+        self.engine = make_engine(url, pool_size=pool_size)
+        self._write_engine = self.engine.execution_options(ledger_write=True)
+        self._statement_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A transaction without the sequencer lock; rows loaded in it stay usable after it ends."""
+        # Committing would otherwise expire every loaded row, and the detached rows a reader
+        # returns (`Ledger.stored_checkpoints`, say) would raise DetachedInstanceError on first use.
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A transaction holding the sequencer lock; commits on success, rolls back on error."""
+        with Session(self._write_engine) as session, session.begin():
+            if not self.is_sqlite:
+                session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SEQUENCER_LOCK_KEY})
+            yield session
+
+    @contextmanager
+    def statement(self) -> Iterator[Connection]:
+        """A connection for single-statement reads of immutable rows (tree nodes): no BEGIN/COMMIT."""
+        with self._statement_engine.connect() as conn:
+            yield conn
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,68 @@
+"""The bulk export `ledger verify --url` reads: one line per entry, in seq order.
+
+Line format (UTF-8; RFC 8785 output never contains a raw tab or newline, since JSON escapes every
+control character): `<leaf hash hex> TAB <JCS(header)> TAB <salt hex | -> TAB <JCS(payload) | ->`.
+The leaf hash is the one the stored tree holds, so a verifier can tell which entry differs from it.
+Rows are read as plain tuples (no ORM objects); log rows are immutable, so each chunk is one
+statement without a transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from sqlalchemy import select
+
+from ledger.store.db import Database
+from ledger.store.models import EntryPayload, LogEntry
+from ledger.tlog.entry import EntryHeader
+
+CHUNK = 20_000
+
+
+def export_lines(db: Database, start: int, end: int) -> Iterator[bytes]:
+    """Yields chunks of export lines for entries [start, end), reading CHUNK rows per query."""
+    e = LogEntry.__table__.c  # type: ignore[attr-defined]
+    p = EntryPayload.__table__.c  # type: ignore[attr-defined]
+    columns = (
+        e.seq,
+        e.kind,
+        e.subject,
+        e.integrated_time,
+        e.principal,
+        e.payload_digest,
+        e.leaf_hash,
+        p.salt,
+        p.payload,
+    )
+    pos = start
+    while pos < end:
+        upto = min(end, pos + CHUNK)
+        q = (
+            select(*columns)
+            .select_from(LogEntry.__table__.outerjoin(EntryPayload.__table__, p.seq == e.seq))  # type: ignore[attr-defined]
+            .where(e.seq >= pos, e.seq < upto)
+            .order_by(e.seq)
+        )
+        parts: list[bytes] = []
+        with db.statement() as conn:
+            for seq, kind, subject, when, principal, digest, leaf, salt, payload in conn.execute(q):
+                header = EntryHeader(
+                    seq=seq,
+                    kind=kind,
+                    subject=subject,
+                    integrated_time=when,
+                    principal=principal,
+                    payload_digest=digest,
+                )
+                parts.append(
+                    b"%s\t%s\t%s\t%s\n"
+                    % (
+                        bytes(leaf).hex().encode(),
+                        header.canonical(),
+                        bytes(salt).hex().encode() if salt is not None else b"-",
+                        payload.encode() if payload is not None else b"-",
+                    )
+                )
+        yield b"".join(parts)
+        pos = upto

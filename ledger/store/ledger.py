@@ -1,0 +1,443 @@
+"""The log as a service: appends through the sequencer, then receipts, checkpoints and proofs.
+
+A receipt is built only after the append's transaction has committed (DESIGN.md 3.3: the entry is
+durable before the receipt is sent), and a checkpoint is signed only for a committed tree, so the log
+never signs a tree that could later turn out different.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlmodel import Session, col
+
+from ledger.errors import ConflictError, InvalidRequestError, NotFoundError
+from ledger.store.db import Database
+from ledger.store.models import EntryPayload, LogEntry, StoredCheckpoint, TreeNode
+from ledger.store.sequencer import (
+    AppendedEntry,
+    AppendResult,
+    PendingEntry,
+    PendingRows,
+    Sequencer,
+    TreeState,
+    header_from_row,
+)
+from ledger.store.tree import check_size, consistency_proof, inclusion_proofs, root_at, tree_size
+from ledger.tlog.entry import EntryHeader
+from ledger.tlog.note import Checkpoint, NoteSigner
+from ledger.tlog.tree import NodeId, ProofPlan, inclusion_ranges
+
+Projector = Callable[[Session, AppendResult], None]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Receipt:
+    """DESIGN.md 3.3: proof that an entry is in a signed tree."""
+
+    seq: int
+    leaf_hash: bytes
+    integrated_time: str
+    checkpoint: str
+    inclusion_proof: list[bytes]
+    duplicate: bool = False
+
+    def to_json(self, entry_url: str) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "leaf_hash": self.leaf_hash.hex(),
+            "integrated_time": self.integrated_time,
+            "entry_url": entry_url,
+            "checkpoint": self.checkpoint,
+            "inclusion_proof": [h.hex() for h in self.inclusion_proof],
+        }
+
+
+class _GroupRetryError(Exception):
+    """One caller's work failed inside a shared group transaction: retry with savepoints."""
+
+
+@dataclass(eq=False)
+class _AppendRequest:
+    pending: list[PendingEntry]
+    project: Projector | None
+    build: Callable[[Session], PendingEntry] | None = None
+    # The projector reads this request's own log rows (erasure does, through the payload trigger).
+    flush_first: bool = False
+    done: bool = False
+    result: AppendResult | None = None
+    receipts: list[Receipt] | None = None
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SignedCheckpoint:
+    size: int
+    root: bytes
+    note: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredEntry:
+    header: EntryHeader
+    leaf_hash: bytes
+    payload: Any | None
+    salt: bytes | None
+
+    @property
+    def erased(self) -> bool:
+        return self.payload is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "header": self.header.to_json(),
+            "payload": self.payload,
+            "salt": self.salt.hex() if self.salt is not None else None,
+            "leaf_hash": self.leaf_hash.hex(),
+            "erased": self.erased,
+        }
+
+
+class Ledger:
+    """Appends, reads, proves and signs. One per process; thread-safe (state lives in the database)."""
+
+    def __init__(self, *, db: Database, signer: NoteSigner, clock: Callable[[], datetime] = utcnow) -> None:
+        self.db = db
+        self.signer = signer
+        self.clock = clock
+        self._sequencer = Sequencer()
+        self._sign = lru_cache(maxsize=256)(self._sign_uncached)
+        self._cv = threading.Condition()
+        self._queue: list[_AppendRequest] = []
+        self._leading = False
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def append(
+        self, pending: Sequence[PendingEntry], *, project: Projector | None = None
+    ) -> tuple[list[AppendedEntry], list[Receipt]]:
+        """Appends entries (and runs `project` in the same transaction); returns receipts after commit.
+
+        Group commit: concurrent callers in this process share one transaction and one fsync. Each
+        caller's work runs in a savepoint of its own, so one caller's error (a projection refusing,
+        say) rolls back that caller's entries only; its exception is raised to that caller.
+        """
+        return self._submit(_AppendRequest(list(pending), project))
+
+    def append_built(
+        self, build: Callable[[Session], PendingEntry], *, project: Projector | None = None, flush_first: bool = False
+    ) -> tuple[list[AppendedEntry], list[Receipt]]:
+        """Like `append`, but the entry is built inside the write transaction (under the lock), from
+        what the log holds at that moment: a policy decision, say, must see the state it decides on."""
+        return self._submit(_AppendRequest([], project, build, flush_first))
+
+    def erase(self, seq: int, *, reason: str, principal: str) -> Receipt:
+        """Removes an entry's payload and salt, recording a `payload.erasure` entry first.
+
+        The header (the Merkle leaf) stays, so every proof and checkpoint still holds; the database
+        lets the payload row go only once the erasure entry is in the log (see the 0001 migration).
+        """
+
+        def build(session: Session) -> PendingEntry:
+            row = session.get(LogEntry, seq)
+            if row is None:
+                raise NotFoundError(f"no entry with seq {seq}", field="seq")
+            if row.kind == "payload.erasure":
+                raise ConflictError(f"entry {seq} is itself an erasure record and cannot be erased", field="seq")
+            if session.get(EntryPayload, seq) is None:
+                raise ConflictError(f"entry {seq} is erased already", field="seq")
+            return PendingEntry(
+                kind="payload.erasure",
+                subject=f"entry:{seq}",
+                principal=principal,
+                payload={"seq": seq, "reason": reason},
+            )
+
+        def project(session: Session, result: AppendResult) -> None:
+            session.execute(delete(EntryPayload).where(col(EntryPayload.seq) == seq))
+
+        _, receipts = self.append_built(build, project=project, flush_first=True)
+        return receipts[0]
+
+    def _submit(self, req: _AppendRequest) -> tuple[list[AppendedEntry], list[Receipt]]:
+        with self._cv:
+            self._queue.append(req)
+            while not req.done and self._leading:
+                self._cv.wait()
+            if not req.done:
+                self._leading = True
+        if not req.done:
+            try:
+                while not req.done:
+                    with self._cv:
+                        group = self._queue[: self.MAX_GROUP]
+                        del self._queue[: self.MAX_GROUP]
+                    self._commit_group(group)
+                    with self._cv:
+                        self._cv.notify_all()
+            finally:
+                with self._cv:
+                    self._leading = False
+                    self._cv.notify_all()
+        if req.error is not None:
+            raise req.error
+        assert req.result is not None and req.receipts is not None
+        return req.result.entries, req.receipts
+
+    MAX_GROUP = 64
+
+    def _commit_group(self, group: list[_AppendRequest]) -> None:
+        """Commits a group in one transaction: first all together; if any caller's work fails,
+        again with a savepoint per caller so that only the failing caller is refused."""
+        try:
+            try:
+                size, root, proofs = self._run_group(group, isolated=False)
+            except _GroupRetryError:
+                size, root, proofs = self._run_group(group, isolated=True)
+        except BaseException as e:
+            self._sequencer.forget()
+            for req in group:
+                if req.error is None:
+                    req.error = e
+                req.result = None
+                req.done = True
+            return
+        # Committed: the tree of `size` exists for good and may be signed.
+        note = self._sign(size, root)
+        for req in group:
+            if req.error is None and req.result is not None:
+                req.receipts = [
+                    Receipt(
+                        seq=e.header.seq,
+                        leaf_hash=e.leaf_hash,
+                        integrated_time=e.header.integrated_time,
+                        checkpoint=note,
+                        inclusion_proof=proofs[e.header.seq],
+                        duplicate=e.duplicate,
+                    )
+                    for e in req.result.entries
+                ]
+            req.done = True
+
+    def _run_group(self, group: list[_AppendRequest], *, isolated: bool) -> tuple[int, bytes, dict[int, list[bytes]]]:
+        with self.db.write() as session:
+            state = self._sequencer.open(session)
+            now = self.clock()
+            rows = PendingRows()
+            # Batchable projectors (the lineage intake's) run once over the whole group's entries, in
+            # seq order, before anything that reads projections, instead of once per caller.
+            deferred: list[_AppendRequest] = []
+
+            def project_deferred() -> None:
+                if deferred:
+                    entries = [e for r in deferred for e in r.result.entries]  # type: ignore[union-attr]
+                    deferred[0].project(session, AppendResult(entries, state.compact.size, b""))  # type: ignore[misc]
+                    deferred.clear()
+
+            for req in group:
+                req.error, req.result = None, None
+                if not isolated:
+                    try:
+                        if req.build is None and not req.flush_first and getattr(req.project, "batchable", False):
+                            if deferred and deferred[0].project is not req.project:
+                                project_deferred()
+                            req.result = self._sequencer.append(session, state, req.pending, now=now, rows=rows)
+                            deferred.append(req)
+                            continue
+                        project_deferred()
+                        self._apply(session, state, req, now, rows)
+                    except Exception as e:
+                        if len(group) == 1:
+                            req.error = e
+                            raise
+                        raise _GroupRetryError from e
+                    continue
+                snapshot = state.copy()
+                nested = session.begin_nested()
+                try:
+                    self._apply(session, state, req, now, None)
+                    nested.commit()
+                except Exception as e:
+                    nested.rollback()
+                    state.compact, state.known = snapshot.compact, snapshot.known
+                    req.error, req.result = e, None  # its entries were rolled back: no receipts
+            if not isolated:
+                try:
+                    project_deferred()
+                except Exception as e:
+                    if len(group) == 1:
+                        group[0].error = e
+                        raise
+                    raise _GroupRetryError from e
+            self._sequencer.flush(session, rows)
+            seqs = sorted({e.header.seq for r in group if r.result is not None for e in r.result.entries})
+            size = state.compact.size
+            proofs = inclusion_proofs(session, seqs, size, state.known) if seqs else {}
+        self._sequencer.committed(state)
+        return size, state.compact.root(), proofs
+
+    def _apply(
+        self, session: Session, state: TreeState, req: _AppendRequest, now: datetime, rows: PendingRows | None
+    ) -> None:
+        # Builders and projectors read and write projections only, never the log tables, whose rows
+        # for the whole group are written by one flush at the end.
+        if req.build is not None:
+            req.pending = [req.build(session)]
+        req.result = self._sequencer.append(session, state, req.pending, now=now, rows=rows)
+        if req.project is not None:
+            if req.flush_first and rows is not None:
+                self._sequencer.flush(session, rows)
+            req.project(session, req.result)
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def _sign_uncached(self, size: int, root: bytes) -> str:
+        return self.signer.sign_checkpoint(Checkpoint(self.signer.name, size, root))
+
+    def checkpoint(self) -> SignedCheckpoint:
+        """A signed checkpoint of the current tree."""
+        with self.db.read() as session:
+            size = tree_size(session)
+            root = root_at(session, size)
+        return SignedCheckpoint(size=size, root=root, note=self._sign(size, root))
+
+    def store_checkpoint(self) -> SignedCheckpoint | None:
+        """Stores a signed checkpoint of the current tree unless one of that size is stored already."""
+        key_id = self.signer.verifier.key_id.hex()
+        with self.db.write() as session:
+            size = tree_size(session)
+            exists = session.get(StoredCheckpoint, (size, key_id))
+            if exists is not None:
+                return None
+            root = root_at(session, size)
+            note = self._sign(size, root)
+            session.add(StoredCheckpoint(size=size, key_id=key_id, note=note, created_at=self.clock()))
+        return SignedCheckpoint(size=size, root=root, note=note)
+
+    def stored_checkpoints(self) -> list[StoredCheckpoint]:
+        with self.db.read() as session:
+            rows = session.execute(select(StoredCheckpoint).order_by(col(StoredCheckpoint.size))).scalars().all()
+            return list(rows)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def size(self) -> int:
+        with self.db.read() as session:
+            return tree_size(session)
+
+    def entry(self, seq: int) -> StoredEntry:
+        with self.db.read() as session:
+            row = session.get(LogEntry, seq)
+            if row is None:
+                raise NotFoundError(f"no entry with seq {seq}", seq=seq)
+            payload = session.get(EntryPayload, seq)
+            return _stored(row, payload)
+
+    def entries(
+        self,
+        *,
+        kind: str | None = None,
+        subject: str | None = None,
+        after: int | None = None,
+        limit: int = 100,
+        newest_first: bool = False,
+    ) -> list[StoredEntry]:
+        """Entries in seq order (or newest first), filtered, starting after seq `after`."""
+        with self.db.read() as session:
+            q = select(LogEntry, EntryPayload).join(
+                EntryPayload, col(EntryPayload.seq) == col(LogEntry.seq), isouter=True
+            )
+            if kind is not None:
+                q = q.where(col(LogEntry.kind) == kind)
+            if subject is not None:
+                q = q.where(col(LogEntry.subject) == subject)
+            if after is not None:
+                q = q.where(col(LogEntry.seq) > after)
+            order = col(LogEntry.seq).desc() if newest_first else col(LogEntry.seq)
+            q = q.order_by(order).limit(limit)
+            return [_stored(e, p) for e, p in session.execute(q).all()]
+
+    def inclusion_proof(self, seq: int, size: int) -> tuple[bytes, list[bytes]]:
+        """Leaf hash and RFC 9162 proof of `seq` in the tree of `size`, in one query.
+
+        Nodes are immutable and committed with their leaves, and seq is gapless, so the leaf at
+        size - 1 being present proves the tree of `size` exists; no transaction is needed.
+        """
+        if 0 <= seq < size:
+            plan = ProofPlan.of(inclusion_ranges(seq, size))
+            leaf, last = NodeId(0, seq), NodeId(0, size - 1)
+            wanted = {n.as_int(): n for n in plan.needed() | {leaf, last}}
+            with self.db.statement() as conn:
+                rows = conn.execute(
+                    select(col(TreeNode.node_id), col(TreeNode.hash)).where(col(TreeNode.node_id).in_(wanted))
+                )
+                nodes = {wanted[k]: bytes(h) for k, h in rows}
+            if last in nodes:
+                return nodes[leaf], plan.assemble(nodes)
+        return self._checked_inclusion_proof(seq, size)
+
+    def _checked_inclusion_proof(self, seq: int, size: int) -> tuple[bytes, list[bytes]]:
+        with self.db.read() as session:
+            current = tree_size(session)
+            check_size(size, current)
+            if not 0 <= seq < size:
+                raise InvalidRequestError(f"seq={seq} is not in a tree of size {size}", field="seq")
+            row = session.get(LogEntry, seq)
+            assert row is not None
+            return bytes(row.leaf_hash), inclusion_proofs(session, [seq], size)[seq]
+
+    def consistency_proof(self, first: int, second: int) -> list[bytes]:
+        with self.db.read() as session:
+            check_size(second, tree_size(session), field="second")
+            if first > second:
+                raise InvalidRequestError(f"first={first} is larger than second={second}", field="first")
+            return consistency_proof(session, first, second)
+
+
+def _stored(row: LogEntry, payload: EntryPayload | None) -> StoredEntry:
+    return StoredEntry(
+        header=header_from_row(row),
+        leaf_hash=bytes(row.leaf_hash),
+        payload=json.loads(payload.payload) if payload is not None else None,
+        salt=bytes(payload.salt) if payload is not None else None,
+    )
+
+
+@dataclass(frozen=True)
+class ProvenEntries:
+    """Entries with inclusion proofs, all against one signed checkpoint."""
+
+    checkpoint: SignedCheckpoint
+    entries: dict[int, StoredEntry]
+    proofs: dict[int, list[bytes]]
+
+
+def prove_entries(ledger: Ledger, seqs: Sequence[int]) -> ProvenEntries:
+    """Reads `seqs` and proves each against the current tree, in one consistent read."""
+    wanted = sorted(set(seqs))
+    with ledger.db.read() as session:
+        size = tree_size(session)
+        root = root_at(session, size)
+        missing = [s for s in wanted if s >= size]
+        if missing:
+            raise NotFoundError(f"entries {missing[:5]} are not in the log", seqs=missing[:20])
+        rows = session.execute(
+            select(LogEntry, EntryPayload)
+            .join(EntryPayload, EntryPayload.seq == LogEntry.seq, isouter=True)  # type: ignore[arg-type]
+            .where(LogEntry.seq.in_(wanted))  # type: ignore[attr-defined]
+        ).all()
+        entries = {e.seq: _stored(e, p) for e, p in rows}
+        proofs = inclusion_proofs(session, wanted, size) if wanted else {}
+    note = ledger._sign(size, root)
+    return ProvenEntries(SignedCheckpoint(size=size, root=root, note=note), entries, proofs)
