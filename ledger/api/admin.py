@@ -1,0 +1,52 @@
+"""Principal management over HTTP (role admin): what `ledger principals add` does, remotely."""
+
+from __future__ import annotations
+
+from flask import Response, current_app, jsonify
+from flask_smorest import Blueprint
+from marshmallow import RAISE, Schema, fields, validate
+
+from ledger.api.auth import requires
+from ledger.api.body import json_body
+from ledger.api.governance_schemas import load
+from ledger.security.principals import ROLES, PrincipalStore
+
+blp = Blueprint("admin", __name__, url_prefix="/api/v1", description="Principals (admin)")
+
+
+class PrincipalSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    name = fields.String(required=True, validate=validate.Regexp(r"\A[A-Za-z0-9][A-Za-z0-9._@-]{0,199}\Z"))
+    roles = fields.List(
+        fields.String(validate=validate.OneOf(sorted(ROLES))), required=True, validate=validate.Length(min=1)
+    )
+    namespaces = fields.List(fields.String(validate=validate.Length(min=1, max=1024)), load_default=list)
+    clearances = fields.List(fields.String(validate=validate.Length(min=1, max=64)), load_default=list)
+
+
+@blp.route("/principals", methods=["POST"])
+@blp.doc(
+    security=[{"bearer": []}],
+    requestBody={"required": True, "content": {"application/json": {"schema": PrincipalSchema}}},
+)
+@requires("admin")
+def create_principal() -> tuple[Response, int]:
+    """Create a principal; the response holds its token, shown this once."""
+    body = load(PrincipalSchema(), json_body())
+    store: PrincipalStore = current_app.extensions["ledger.principals"]
+    p, token = store.create(
+        body["name"], roles=body["roles"], namespaces=body["namespaces"], clearances=body["clearances"]
+    )
+    return jsonify(
+        {
+            "principal": {
+                "name": p.name,
+                "roles": sorted(p.roles),
+                "namespaces": sorted(p.namespaces),
+                "clearances": sorted(p.clearances),
+            },
+            "token": token,
+        }
+    ), 201

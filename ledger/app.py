@@ -1,0 +1,111 @@
+"""Flask application factory."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from flask import Flask, Response, g, request
+from flask_smorest import Api
+from prometheus_client import Counter, Histogram
+
+from ledger.api import admin, governance, lineage, log, ops, reads, security
+from ledger.api.problems import register_error_handlers
+from ledger.config import Settings
+from ledger.errors import InvalidRequestError
+from ledger.runtime import Runtime, build_runtime
+
+REQUESTS = Counter("ledger_http_requests_total", "HTTP requests", ["method", "endpoint", "status"])
+LATENCY = Histogram("ledger_http_request_seconds", "HTTP request latency", ["endpoint"])
+
+
+PROBLEM_RESPONSE = {
+    "description": "an RFC 9457 problem; `field` names the offending member or parameter",
+    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
+
+
+def openapi_document(api: Api) -> dict[str, Any]:
+    """flask-smorest's document, with every error answered as application/problem+json: each
+    operation gets a `default` problem response, and documented error responses use that type."""
+    doc: dict[str, Any] = api.spec.to_dict()
+    doc.setdefault("components", {}).setdefault("schemas", {})["Problem"] = {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "field": {"type": "string"},
+            "instance": {"type": "string"},
+        },
+        "required": ["title", "status", "detail"],
+    }
+    for path in doc.get("paths", {}).values():
+        for method, op in path.items():
+            if method not in ("get", "post", "put", "patch", "delete"):
+                continue
+            responses = op.setdefault("responses", {})
+            for code in list(responses):
+                if code == "default" or code.startswith(("4", "5")):
+                    responses[code] = PROBLEM_RESPONSE
+            responses["default"] = PROBLEM_RESPONSE
+            if not any(code.startswith("2") for code in responses):
+                for kind in ("200", "201") if method == "post" else ("200",):
+                    responses[kind] = {"description": "success", "content": {"application/json": {"schema": {}}}}
+    return doc
+
+
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Flask:
+    """Builds the app; the database must already be migrated (`ledger init`)."""
+    rt = runtime or build_runtime(settings or Settings.from_env())
+    app = Flask("ledger")
+    app.config.update(
+        MAX_CONTENT_LENGTH=rt.settings.max_body_bytes,
+        API_TITLE="Provenance ledger",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX=None,  # served by `openapi_document` below, with problem+json errors
+        JSON_SORT_KEYS=False,
+        API_SPEC_OPTIONS={
+            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        },
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["ledger.runtime"] = rt
+    app.extensions["ledger.ledger"] = rt.ledger
+    app.extensions["ledger.principals"] = rt.principals
+    app.extensions["ledger.keyring"] = rt.keyring
+    app.extensions["ledger.intake"] = rt.intake
+
+    api = Api(app)
+    api.register_blueprint(lineage.blp)
+    api.register_blueprint(log.blp)
+    api.register_blueprint(reads.blp)
+    api.register_blueprint(governance.blp)
+    api.register_blueprint(admin.blp)
+    api.register_blueprint(security.blp)
+    app.register_blueprint(ops.bp)
+    register_error_handlers(app)  # after Api(): ours replace flask-smorest's JSON errors
+
+    @app.get("/api/v1/openapi.json")
+    def openapi_json() -> Response:
+        """The OpenAPI document (public)."""
+        return app.response_class(json.dumps(openapi_document(api)), mimetype="application/json")
+
+    @app.before_request
+    def _start() -> None:
+        g.t0 = time.perf_counter()
+        if "\x00" in request.path:  # no database can store it, and no name holds it
+            raise InvalidRequestError("the path holds a NUL character", field="path")
+
+    @app.after_request
+    def _count(resp: Response) -> Response:
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        REQUESTS.labels(request.method, endpoint, str(resp.status_code)).inc()
+        if "t0" in g:
+            LATENCY.labels(endpoint).observe(time.perf_counter() - g.t0)
+        return resp
+
+    return app

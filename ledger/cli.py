@@ -1,0 +1,273 @@
+"""The `ledger` command (DESIGN.md 7, normative)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ledger.config import Settings
+from ledger.errors import LedgerError
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except LedgerError as e:
+        raise click.ClickException(e.detail) from e
+
+
+class _LedgerGroup(click.Group):
+    """Turns a LedgerError (a policy that does not load, a bad setting) into a clear message and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LedgerError as e:
+            click.echo(f"error: {e.detail}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_LedgerGroup)
+def main() -> None:
+    """Provenance ledger: an append-only, signed log of ML lineage and governance."""
+
+
+@main.command()
+def init() -> None:
+    """Create the data dir, signing key (mode 0600) and database; idempotent."""
+    from ledger.runtime import initialise
+
+    s = _settings()
+    initialise(s)
+    click.echo(f"initialised {s.data_dir} (database {s.database_url.split('@')[-1]}, origin {s.origin})")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256), help="threads per worker")
+def serve(host: str, port: int, workers: int, threads: int) -> None:
+    """Run the service under gunicorn (runs `init` first when needed)."""
+    import subprocess
+
+    from ledger.server import run_server
+
+    s = _settings()
+    # Initialise in a child process: the gunicorn master then never imports the application (its
+    # memory stays small, and it holds no database connection for the workers to inherit).
+    boot = subprocess.run([sys.executable, "-m", "ledger.cli", "bootstrap"], check=False)
+    if boot.returncode != 0:
+        sys.exit(boot.returncode)
+    run_server(s, host=host, port=port, workers=workers, threads=threads)
+
+
+@main.command(hidden=True)
+def bootstrap() -> None:
+    """`init`, and on a fresh deployment an admin principal whose token is printed once."""
+    from ledger.runtime import build_runtime, initialise
+
+    s = _settings()
+    if initialise(s):
+        rt = build_runtime(s)
+        try:
+            _, token = rt.principals.create("admin", roles=["admin"])
+        finally:
+            rt.close()
+        click.echo("A fresh ledger: created principal 'admin'. Its token is shown once, now:", err=True)
+        click.echo(f"admin token: {token}", err=True)
+
+
+@main.group()
+def principals() -> None:
+    """Manage principals and their API tokens."""
+
+
+@principals.command("add")
+@click.argument("name")
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    required=True,
+    type=click.Choice(["pipeline", "auditor", "approver", "security", "admin"]),
+)
+@click.option("--namespace", "namespaces", multiple=True, help="namespace a pipeline may write (repeatable)")
+@click.option("--clearance", "clearances", multiple=True, help="classification tag cleared (repeatable)")
+def principals_add(name: str, roles: tuple[str, ...], namespaces: tuple[str, ...], clearances: tuple[str, ...]) -> None:
+    """Create a principal; prints its new API token as the last line."""
+    from ledger.runtime import build_runtime, initialise
+
+    s = _settings()
+    initialise(s)
+    rt = build_runtime(s)
+    try:
+        p, token = rt.principals.create(
+            name, roles=list(roles), namespaces=list(namespaces), clearances=list(clearances)
+        )
+    except LedgerError as e:
+        raise click.ClickException(e.detail) from e
+    finally:
+        rt.close()
+    click.echo(f"created principal {p.name} (roles: {', '.join(sorted(p.roles))})", err=True)
+    click.echo(token)
+
+
+@main.group()
+def keys() -> None:
+    """The log's signing keys."""
+
+
+@keys.command("verifier")
+def keys_verifier() -> None:
+    """Print the log's verifier key line (DESIGN.md 3.2)."""
+    from ledger.security.keys import ensure_signing_key
+    from ledger.tlog.note import NoteSigner
+
+    s = _settings()
+    signer = NoteSigner(name=s.origin, private_key=ensure_signing_key(s.signing_key_path))
+    click.echo(signer.verifier.line())
+
+
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Start a new signing key; checkpoints signed by the old one keep verifying with the old verifier key.
+
+    Restart `ledger serve` (or send its master SIGHUP) so the workers sign with the new key.
+    """
+    from ledger.runtime import build_runtime, initialise
+    from ledger.security.keys import rotate_signing_key
+    from ledger.tlog.note import NoteSigner
+
+    s = _settings()
+    initialise(s)
+    rt = build_runtime(s)
+    try:
+        rt.ledger.store_checkpoint()  # the old key's last word: a stored checkpoint of the current tree
+        old_kid = rt.keyring.signer.verifier.key_id.hex()
+    finally:
+        rt.close()
+    old, new = rotate_signing_key(s.signing_key_path, retired_name=f"{old_kid}.pem")
+    rt = build_runtime(s)
+    try:
+        rt.keyring.register_current()
+        rt.ledger.store_checkpoint()
+    finally:
+        rt.close()
+    old_line = NoteSigner(name=s.origin, private_key=old).verifier.line()
+    new_line = NoteSigner(name=s.origin, private_key=new).verifier.line()
+    click.echo(f"retired: {old_line}", err=True)
+    click.echo(new_line)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """Every key that has signed this log, with its validity."""
+    from ledger.runtime import build_runtime
+
+    rt = build_runtime(_settings())
+    try:
+        for k in rt.keyring.describe()["keys"]:
+            until = k["valid_until"] or "now"
+            click.echo(f"{k['verifier_key']}  {k['valid_from']} .. {until}{'  (current)' if k['current'] else ''}")
+    finally:
+        rt.close()
+
+
+@main.command()
+@click.argument("bundle", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--url", help="verify the whole log of the service at URL")
+@click.option("--key", "vkey", required=True, help="verifier key line (name+id+key)")
+@click.option("--token", envvar="LEDGER_TOKEN", help="API token (or LEDGER_TOKEN)")
+def verify(bundle: Path | None, url: str | None, vkey: str, token: str | None) -> None:
+    """Verify the whole log at --url, or an audit BUNDLE offline."""
+    if (bundle is None) == (url is None):
+        raise click.UsageError("give either --url URL or a BUNDLE file")
+    if url is not None:
+        _verify_url(url, vkey, token)
+    else:
+        assert bundle is not None
+        _verify_bundle(bundle, vkey)
+
+
+def _verify_url(url: str, vkey: str, token: str | None) -> None:
+    import time
+
+    import requests
+
+    from ledger.verify import fetch_checkpoint, verify_log
+
+    t0 = time.perf_counter()
+    try:
+        from ledger.tlog.note import NoteVerifier
+
+        size = fetch_checkpoint(url.rstrip("/"), NoteVerifier.parse(vkey), requests.Session()).size
+        with click.progressbar(length=size, label="verifying entries", file=sys.stderr) as bar:
+            report = verify_log(url, vkey, token=token, progress=bar.update)
+    except LedgerError as e:
+        click.echo(f"FAILED: {e.detail}", err=True)
+        sys.exit(1)
+    except requests.RequestException as e:
+        click.echo(f"FAILED: cannot read the log: {e}", err=True)
+        sys.exit(2)
+    dt = time.perf_counter() - t0
+    rate = report.size / dt if dt > 0 else 0.0
+    click.echo(
+        f"OK: {report.size} entries verified against a checkpoint signed by {report.origin} "
+        f"(root {report.root.hex()}; {report.erased} erased payloads) in {dt:.2f} s, {rate:,.0f} entries/s"
+    )
+
+
+def _verify_bundle(path: Path, vkey: str) -> None:
+    from ledger.governance.bundle import verify_bundle
+
+    try:
+        doc: Any = json.loads(path.read_text())
+        summary = verify_bundle(doc, vkey)
+    except (OSError, ValueError) as e:
+        click.echo(f"FAILED: cannot read bundle {path}: {e}", err=True)
+        sys.exit(2)
+    except LedgerError as e:
+        click.echo(f"FAILED: {e.detail}", err=True)
+        sys.exit(1)
+    click.echo(f"OK: {summary}")
+
+
+@main.command()
+def rebuild() -> None:
+    """Rebuild every projection by replaying the log."""
+    from ledger.projections import rebuild_all
+    from ledger.runtime import build_runtime
+
+    rt = build_runtime(_settings())
+    try:
+        counts = rebuild_all(rt)
+    finally:
+        rt.close()
+    click.echo("rebuilt: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+@main.command()
+@click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="a running ledger")
+@click.option("--token", envvar="LEDGER_TOKEN", required=True, help="an admin token (or LEDGER_TOKEN)")
+@click.option(
+    "--out",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="where to write the audit bundle",
+)
+def demo(url: str, token: str, out: Path) -> None:
+    """Run a complete example against a running service."""
+    from ledger.demo import run_demo
+
+    out.mkdir(parents=True, exist_ok=True)
+    sys.exit(run_demo(url, token, out, click.echo))
+
+
+if __name__ == "__main__":
+    main()

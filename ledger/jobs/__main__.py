@@ -1,0 +1,28 @@
+"""`python -m ledger.jobs`: the scheduler process `ledger serve` starts once per host."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+from ledger.config import Settings
+from ledger.jobs.checkpoints import run_forever
+from ledger.security.keys import load_signing_key
+from ledger.store.db import Database
+from ledger.store.ledger import Ledger
+from ledger.tlog.note import NoteSigner
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [scheduler] %(message)s")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    settings = Settings.from_env()
+    # Only the log: the scheduler process imports no web framework, policy engine or projections.
+    signer = NoteSigner(name=settings.origin, private_key=load_signing_key(settings.signing_key_path))
+    ledger = Ledger(db=Database(settings.database_url, pool_size=1), signer=signer)
+    run_forever(ledger, interval=settings.checkpoint_interval)
+
+
+if __name__ == "__main__":
+    main()

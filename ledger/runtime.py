@@ -1,0 +1,87 @@
+"""Wiring: builds the services of one process from its settings (no HTTP here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ledger.config import Settings
+from ledger.governance.service import GovernanceService
+from ledger.lineage.intake import LineageIntake
+from ledger.lineage.projection import lineage_projector
+from ledger.policy.bundle_entry import record_policy_bundle
+from ledger.policy.engine import PolicyEngine, load_policy_bundle
+from ledger.security.access import AccessService, intake_screen
+from ledger.security.keyring import Keyring
+from ledger.security.keys import ensure_signing_key, load_signing_key
+from ledger.security.principals import PrincipalStore
+from ledger.store.db import Database
+from ledger.store.ledger import Ledger
+from ledger.store.migrate import upgrade
+from ledger.tlog.note import NoteSigner
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    ledger: Ledger
+    principals: PrincipalStore
+    keyring: Keyring
+    intake: LineageIntake
+    policy: PolicyEngine
+    governance: GovernanceService
+    access: AccessService
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+def initialise(settings: Settings) -> bool:
+    """`ledger init`: data dir, signing key (0600), schema at head, key registered. Idempotent.
+
+    Returns True when the database had no principals yet (a fresh deployment).
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_signing_key(settings.signing_key_path)
+    rt = build_runtime(settings)
+    try:
+        upgrade(rt.db.engine)
+        rt.keyring.register_current()
+        record_policy_bundle(rt.ledger, rt.policy.bundle)
+        return rt.principals.count() == 0
+    finally:
+        rt.close()
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """Wires one process's services. A policy that does not load stops here (fail closed)."""
+    policy = PolicyEngine(load_policy_bundle(settings.policy_dir))
+    db = Database(settings.database_url)
+    signer = NoteSigner(name=settings.origin, private_key=load_signing_key(settings.signing_key_path))
+    ledger = Ledger(db=db, signer=signer)
+    principals = PrincipalStore(db)
+
+    def roles_of(name: str) -> frozenset[str]:
+        p = principals.get(name)
+        return p.roles if p is not None else frozenset()
+
+    governance = GovernanceService(
+        ledger,
+        policy,
+        config={
+            "max_validation_age_days": settings.max_validation_age_days,
+            "required_validations": ["performance", "bias"],
+        },
+        roles_of=roles_of,
+    )
+    return Runtime(
+        settings=settings,
+        db=db,
+        ledger=ledger,
+        principals=principals,
+        keyring=Keyring(db, signer),
+        intake=LineageIntake(ledger, project=lineage_projector, screen=intake_screen(ledger, policy)),
+        policy=policy,
+        governance=governance,
+        access=AccessService(ledger, policy, principals, settings.allowed_purposes),
+    )
