@@ -1,0 +1,97 @@
+"""Erasure (security role): payload and salt go, a payload.erasure entry records it, and every
+proof, bundle and `ledger verify` still holds; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from conftest import auth
+from events import run_event
+from pipeline import build_pipeline, registration, validation
+
+from ledger.governance.bundle import verify_bundle
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared" / "conformance"))
+
+
+def test_erasure_keeps_every_proof(client, tokens, runtime) -> None:
+    import tlog_ref
+
+    receipt = client.post("/api/v1/lineage", json=run_event(), headers=auth(tokens.pipeline)).get_json()["receipt"]
+    seq = receipt["seq"]
+    before = client.get(f"/api/v1/log/entries/{seq}", headers=auth(tokens.auditor)).get_json()
+    assert before["erased"] is False and before["payload"] is not None
+
+    for token, status in ((tokens.pipeline, 403), (tokens.auditor, 403), (tokens.admin, 403)):
+        assert (
+            client.post(f"/api/v1/log/entries/{seq}/erasure", json={"reason": "x"}, headers=auth(token)).status_code
+            == status
+        )
+    r = client.post(
+        f"/api/v1/log/entries/{seq}/erasure", json={"reason": "GDPR art. 17 request #42"}, headers=auth(tokens.security)
+    )
+    assert r.status_code == 201, r.get_json()
+    erasure = runtime.ledger.entry(r.get_json()["receipt"]["seq"])
+    assert erasure.header.kind == "payload.erasure" and erasure.header.subject == f"entry:{seq}"
+    assert erasure.payload == {"seq": seq, "reason": "GDPR art. 17 request #42"}
+
+    after = client.get(f"/api/v1/log/entries/{seq}", headers=auth(tokens.auditor)).get_json()
+    assert after == {**before, "payload": None, "salt": None, "erased": True}
+    # The header still hashes to the leaf, and the leaf is still in the signed tree.
+    note = client.get("/api/v1/log/checkpoint").get_data(as_text=True)
+    _, size, root = tlog_ref.parse_checkpoint(tlog_ref.verify_note(note, runtime.ledger.signer.verifier.line()))
+    proof = client.get(
+        f"/api/v1/log/proof/inclusion?seq={seq}&tree_size={size}", headers=auth(tokens.auditor)
+    ).get_json()
+    import rfc8785
+
+    leaf = tlog_ref.leaf_hash(rfc8785.dumps(after["header"]))
+    assert leaf.hex() == after["leaf_hash"]
+    assert tlog_ref.verify_inclusion(seq, size, leaf, [bytes.fromhex(h) for h in proof["hashes"]], root)
+
+    # Twice, an unknown seq, or an erasure record itself: refused, nothing written.
+    size_now = runtime.ledger.size()
+    assert (
+        client.post(
+            f"/api/v1/log/entries/{seq}/erasure", json={"reason": "again"}, headers=auth(tokens.security)
+        ).status_code
+        == 409
+    )
+    assert (
+        client.post(
+            f"/api/v1/log/entries/{erasure.header.seq}/erasure", json={"reason": "x"}, headers=auth(tokens.security)
+        ).status_code
+        == 409
+    )
+    assert (
+        client.post(
+            "/api/v1/log/entries/99999/erasure", json={"reason": "x"}, headers=auth(tokens.security)
+        ).status_code
+        == 404
+    )
+    assert client.post(f"/api/v1/log/entries/{seq}/erasure", json={}, headers=auth(tokens.security)).status_code == 400
+    assert runtime.ledger.size() == size_now
+
+
+def test_bundle_with_an_erased_entry_still_verifies(client, tokens, runtime) -> None:
+    def post(event: dict[str, Any]) -> None:
+        assert client.post("/api/v1/lineage", json=event, headers=auth(tokens.pipeline)).status_code == 201
+
+    runs = build_pipeline(post)
+    base = "/api/v1/models/churn/versions"
+    assert client.post(base, json=registration(runs["train"]), headers=auth(tokens.pipeline)).status_code == 201
+    v = client.post(f"{base}/3/validations", json=validation("performance"), headers=auth(tokens.pipeline)).get_json()
+    run_entry = runtime.ledger.entries(kind="openlineage.run_event", limit=1)[0].header.seq
+    for seq in (run_entry, v["receipt"]["seq"]):
+        assert (
+            client.post(
+                f"/api/v1/log/entries/{seq}/erasure", json={"reason": "test"}, headers=auth(tokens.security)
+            ).status_code
+            == 201
+        )
+    bundle = client.get("/api/v1/provenance/models/churn/versions/3/bundle", headers=auth(tokens.auditor)).get_json()
+    erased = [e for e in bundle["entries"] if e["erased"]]
+    assert {e["header"]["seq"] for e in erased} == {run_entry, v["receipt"]["seq"]}
+    assert "3 entries" not in verify_bundle(bundle, runtime.ledger.signer.verifier.line())

@@ -1,0 +1,149 @@
+"""The Alembic migrations, on SQLite and on PostgreSQL: idempotent upgrades, a clean downgrade and
+upgrade again, and models that do not drift from the migrations (what `alembic check` runs in CI)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Column, DateTime, MetaData, Text, inspect, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlmodel import SQLModel
+
+import ledger.store.models  # noqa: F401  (registers the tables, as migrations/env.py does)
+from ledger.config import Settings
+from ledger.runtime import build_runtime, initialise
+from ledger.store.db import Database
+from ledger.store.migrate import alembic_config, upgrade
+from ledger.store.sequencer import PendingEntry
+
+LOG_TABLES = {"log_entries", "entry_payloads", "tree_nodes", "checkpoints"}
+
+
+def _state(engine: Engine) -> dict[str, Any]:
+    """Revision, tables, triggers and trigger functions: what an upgrade or downgrade changes."""
+    with engine.connect() as c:
+        if engine.dialect.name == "sqlite":
+            triggers = sorted(
+                r[0] for r in c.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger'"))
+            )
+            functions: list[str] = []
+        else:
+            triggers = sorted(
+                r[0] for r in c.execute(text("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"))
+            )
+            functions = sorted(
+                r[0] for r in c.execute(text("SELECT proname FROM pg_proc WHERE proname LIKE 'ledger%'"))
+            )
+        return {
+            "heads": set(MigrationContext.configure(c).get_current_heads()),
+            "tables": set(inspect(c).get_table_names()),
+            "triggers": triggers,
+            "functions": functions,
+        }
+
+
+def _count(engine: Engine) -> int:
+    with engine.connect() as c:
+        return int(c.execute(text("SELECT count(*) FROM log_entries")).scalar_one())
+
+
+def _heads(url: str) -> set[str]:
+    return set(ScriptDirectory.from_config(alembic_config(url)).get_heads())
+
+
+def _append(settings: Settings, n: int) -> None:
+    rt = build_runtime(settings)
+    try:
+        rt.ledger.append(
+            [
+                PendingEntry(
+                    kind="openlineage.run_event", subject=f"run:{i}", principal="p", payload={"i": i}
+                )
+                for i in range(n)
+            ]
+        )
+        assert rt.ledger.store_checkpoint() is not None
+    finally:
+        rt.close()
+
+
+def test_upgrade_head_twice_is_idempotent(settings: Settings) -> None:
+    url = settings.database_url
+    db = Database(url)
+    try:
+        cfg = alembic_config(url)
+        command.upgrade(cfg, "head")
+        first = _state(db.engine)
+        assert first["heads"] == _heads(url)
+        assert set(SQLModel.metadata.tables) <= first["tables"]
+        assert first["triggers"]  # the append-only guards are part of the schema
+        base = _count(db.engine)  # entries `ledger init` itself wrote (a policy.bundle, say)
+        _append(settings, 3)
+        command.upgrade(cfg, "head")
+        upgrade(db.engine)  # the path `ledger init` and the server take
+        assert initialise(settings) is True  # `ledger init` again: idempotent, no principals yet
+        assert _state(db.engine) == first
+        assert _count(db.engine) == base + 3
+    finally:
+        db.dispose()
+
+
+def test_downgrade_to_base_then_upgrade_again(settings: Settings) -> None:
+    url = settings.database_url
+    cfg = alembic_config(url)
+    db = Database(url)
+    try:
+        _append(settings, 5)  # the append-only triggers must not stop the downgrade from dropping tables
+        at_head = _state(db.engine)
+
+        command.downgrade(cfg, "base")
+        base = _state(db.engine)
+        assert base["heads"] == set()
+        assert base["tables"] <= {"alembic_version"}
+        assert base["triggers"] == []
+        assert base["functions"] == []
+
+        command.upgrade(cfg, "head")
+        again = _state(db.engine)
+        assert again == at_head
+        assert _count(db.engine) == 0
+        # The guards came back with the tables.
+        _append(settings, 2)
+        for sql in ("UPDATE log_entries SET subject = 'run:x'", "DELETE FROM tree_nodes"):
+            with pytest.raises(DBAPIError, match="append-only"), db.engine.begin() as c:
+                c.execute(text(sql))
+    finally:
+        db.dispose()
+
+
+def _diffs(engine: Engine, metadata: MetaData) -> list[Any]:
+    with engine.connect() as c:
+        return list(compare_metadata(MigrationContext.configure(c, opts={"compare_type": True}), metadata))
+
+
+def test_models_do_not_drift_from_migrations(settings: Settings) -> None:
+    url = settings.database_url
+    command.check(alembic_config(url))  # raises AutogenerateDiffsDetected on any drift
+    db = Database(url)
+    try:
+        assert _diffs(db.engine, SQLModel.metadata) == []
+
+        # The comparison is not vacuous: a model that drifts is caught.
+        drifted = MetaData()
+        for table in SQLModel.metadata.sorted_tables:
+            table.to_metadata(drifted)
+        drifted.tables["checkpoints"].append_column(Column("extra", Text, nullable=True))
+        drifted.tables["job_runs"].c.last_run_at.type = DateTime()  # naive, as the models once were
+        flat = [op for d in _diffs(db.engine, drifted) for op in (d if isinstance(d, list) else [d])]
+        kinds = {(op[0], op[2] if op[0] == "add_column" else op[3]) for op in flat}
+        assert ("add_column", "checkpoints") in kinds
+        if not db.is_sqlite:  # SQLite stores no time zone, so there the two types are the same
+            assert ("modify_type", "last_run_at") in kinds
+    finally:
+        db.dispose()
