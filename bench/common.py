@@ -1,0 +1,899 @@
+"""Shared machinery for the benchmarks: a throw-away PostgreSQL database, a real `ledger serve`
+subprocess, realistic OpenLineage events, a cheap keep-alive HTTP load client, latency statistics,
+CPU and RSS accounting, and the JSON results file.
+
+Nothing here asserts: the benchmarks print figures. Everything that is started is stopped, and every
+database that is created is dropped, also when a run is interrupted (use the context managers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+PG_ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------------
+
+
+def _admin_exec(sql: str) -> None:
+    import psycopg
+
+    conninfo = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True) as c:
+        c.execute(sql)
+
+
+def pg_url(dbname: str) -> str:
+    base, _, _ = PG_ADMIN_URL.rpartition("/")
+    return f"{base}/{dbname}"
+
+
+@contextmanager
+def pg_database(prefix: str = "bench") -> Iterator[str]:
+    """A fresh, empty PostgreSQL database (dropped afterwards); yields its SQLAlchemy URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    _admin_exec(f'CREATE DATABASE "{name}"')
+    log(f"created database {name}")
+    try:
+        yield pg_url(name)
+    finally:
+        _admin_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        log(f"dropped database {name}")
+
+
+def pg_backend_pids(dbname: str) -> list[int]:
+    import psycopg
+
+    conninfo = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True) as c:
+        rows = c.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,)
+        ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def pg_table_sizes(url: str) -> dict[str, int]:
+    import psycopg
+
+    conninfo = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True) as c:
+        rows = c.execute(
+            "SELECT relname, pg_total_relation_size(oid) FROM pg_class WHERE relname IN "
+            "('log_entries','entry_payloads','tree_nodes')"
+        ).fetchall()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+# --- processes: CPU and memory from /proc ---------------------------------------------------------
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (all its threads), in seconds; 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            parts = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(parts[11]) + int(parts[12])) / CLK_TCK
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak) from /proc/<pid>/status, and Pss (shared pages divided among the
+    processes sharing them) from /proc/<pid>/smaps_rollup, in kB."""
+    out: dict[str, int] = {}
+    for path, keys in ((f"/proc/{pid}/status", ("VmRSS:", "VmHWM:")), (f"/proc/{pid}/smaps_rollup", ("Pss:",))):
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith(keys):
+                        key, value = line.split(":", 1)
+                        out[key] = int(value.split()[0])
+        except OSError:
+            pass
+    return out
+
+
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        vals = [int(x) for x in f.readline().split()[1:]]
+    idle = vals[3] + vals[4]
+    return float(sum(vals) - idle), float(sum(vals))
+
+
+class CpuMeter:
+    """CPU used by this process (the load client), the server processes, our database's PostgreSQL
+    backends, and the whole machine, over an interval; figures are in cores (1.0 = one core busy)."""
+
+    def __init__(self, server: Server | None = None, dbname: str | None = None) -> None:
+        self.server = server
+        self.dbname = dbname
+
+    def _sample(self) -> dict[str, Any]:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        s: dict[str, Any] = {"t": time.perf_counter(), "client": ru.ru_utime + ru.ru_stime}
+        if self.server is not None:
+            pids = self.server.pids()
+            s["server"] = {p: proc_cpu_seconds(p) for p in [pids["master"], *pids["workers"]]}
+            s["scheduler"] = {p: proc_cpu_seconds(p) for p in pids["scheduler"]}
+        if self.dbname is not None:
+            s["pg"] = {p: proc_cpu_seconds(p) for p in pg_backend_pids(self.dbname)}
+        s["machine"] = machine_busy()
+        return s
+
+    def __enter__(self) -> CpuMeter:
+        self.start = self._sample()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.end = self._sample()
+
+    def report(self) -> dict[str, float]:
+        a, b = self.start, self.end
+        wall = b["t"] - a["t"]
+
+        def delta(key: str) -> float:
+            if key not in a:
+                return 0.0
+            # Processes that appeared during the interval count from zero.
+            return sum(v - a[key].get(p, 0.0) for p, v in b[key].items())
+
+        busy = (b["machine"][0] - a["machine"][0]) / max(1.0, b["machine"][1] - a["machine"][1])
+        out = {
+            "wall_s": round(wall, 3),
+            "client_cores": round((b["client"] - a["client"]) / wall, 3),
+            "machine_busy_cores": round(busy * (os.cpu_count() or 1), 3),
+        }
+        if "server" in a:
+            out["server_cores"] = round(delta("server") / wall, 3)
+            out["scheduler_cores"] = round(delta("scheduler") / wall, 3)
+        if "pg" in a:
+            out["postgres_backend_cores"] = round(delta("pg") / wall, 3)
+        return out
+
+
+# --- the server -----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A `ledger serve --workers N` subprocess on loopback with its own data dir and database."""
+
+    database_url: str
+    workers: int = 2
+    threads: int | None = None
+    port: int = field(default_factory=free_port)
+    data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ledger-bench-")))
+    proc: subprocess.Popen[bytes] | None = None
+    admin_token: str = ""
+    token: str = ""  # a pipeline principal's token
+    vkey: str = ""
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. MALLOC_ARENA_MAX for an experiment
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def dbname(self) -> str:
+        return self.database_url.rsplit("/", 1)[1]
+
+    @property
+    def env(self) -> dict[str, str]:
+        e = dict(os.environ)
+        e.update(
+            {
+                "LEDGER_DATA_DIR": str(self.data_dir),
+                "LEDGER_DATABASE_URL": self.database_url,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        # In an editable install `ledger._policies` is not a directory under ledger/ (setuptools maps
+        # it from the repository's policies/), so the default policy dir does not exist: name it.
+        if (REPO / "policies").is_dir():
+            e.setdefault("LEDGER_POLICY_DIR", str(REPO / "policies"))
+        e.update(self.extra_env)
+        return e
+
+    def command(self) -> list[str]:
+        cmd = [
+            str(Path(sys.executable).parent / "ledger"),
+            "serve",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+        ]
+        if self.threads is not None:
+            cmd += ["--threads", str(self.threads)]
+        return cmd
+
+    def cli(self, *args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(Path(sys.executable).parent / "ledger"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=timeout,
+        )
+
+    def start(self) -> None:
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            self.command(), env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + 120
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited:\n{self.log_path.read_text()}")
+            try:
+                status, _ = HttpConnection("127.0.0.1", self.port).request("GET", "/healthz")
+                if status == 200 and len(self.pids()["workers"]) >= self.workers:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{self.log_path.read_text()}")
+            time.sleep(0.2)
+        for line in self.log_path.read_text().splitlines():
+            if line.startswith("admin token: "):
+                self.admin_token = line.split(": ", 1)[1].strip()
+        self.token = (
+            self.cli("principals", "add", f"bench-{secrets.token_hex(3)}", "--role", "pipeline")
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        self.vkey = self.cli("keys", "verifier").stdout.strip()
+        log(f"server up at {self.url} (pid {self.proc.pid}, workers {self.pids()['workers']})")
+
+    def pids(self) -> dict[str, Any]:
+        assert self.proc is not None
+        master = self.proc.pid
+        kids = children(master)
+        sched = [p for p in kids if "ledger.jobs" in cmdline(p)]
+        return {"master": master, "workers": [p for p in kids if p not in sched], "scheduler": sched}
+
+    def memory(self) -> dict[str, Any]:
+        """VmRSS (and peak VmHWM) of the gunicorn master and each worker, and their sum, in MB."""
+        pids = self.pids()
+
+        def mb(pid: int) -> dict[str, float]:
+            st = proc_status(pid)
+            return {
+                "rss_mb": round(st.get("VmRSS", 0) / 1024, 1),
+                "peak_mb": round(st.get("VmHWM", 0) / 1024, 1),
+                "pss_mb": round(st.get("Pss", 0) / 1024, 1),
+            }
+
+        master = mb(pids["master"])
+        workers = [mb(p) for p in pids["workers"]]
+        sched = [mb(p) for p in pids["scheduler"]]
+        total = master["rss_mb"] + sum(w["rss_mb"] for w in workers)
+        return {
+            "master": master,
+            "workers": workers,
+            "gunicorn_total_rss_mb": round(total, 1),
+            "gunicorn_total_pss_mb": round(master["pss_mb"] + sum(w["pss_mb"] for w in workers), 1),
+            "scheduler": sched,
+            "total_with_scheduler_rss_mb": round(total + sum(s["rss_mb"] for s in sched), 1),
+        }
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        if getattr(self, "log_path", None) is not None:
+            self.log_path.unlink(missing_ok=True)
+
+
+@contextmanager
+def running_server(
+    database_url: str | None = None, *, workers: int = 2, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """A server on a fresh PostgreSQL database (or on `database_url`); stopped and dropped after.
+    `env` adds environment variables for the server (and the `ledger` commands run against it)."""
+    if database_url is None:
+        with pg_database() as url, running_server(url, workers=workers, env=env) as srv:
+            yield srv
+        return
+    srv = Server(database_url=database_url, workers=workers, extra_env=dict(env or {}))
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
+
+
+# --- events ---------------------------------------------------------------------------------------
+
+PRODUCER = "https://github.com/OpenLineage/OpenLineage/tree/1.24.0/integration/airflow"
+SCHEMA = "https://openlineage.io/spec/2-0-2/OpenLineage.json"
+FACET = "https://openlineage.io/spec/facets/1-0-0/Facet.json"
+
+
+def run_event(i: int, run_id: str | None = None) -> dict[str, Any]:
+    """A realistic Airflow-style COMPLETE RunEvent, ~1.2 KB as compact JSON: two inputs (one with a
+    schema facet), one output with an output-statistics facet, and a job source-code facet; every
+    facet carries its `_producer` and `_schemaURL`, as real integrations send them."""
+    return {
+        "eventType": "COMPLETE",
+        "eventTime": f"2026-11-21T10:{(i // 60) % 60:02d}:{i % 60:02d}.{i % 1000:03d}Z",
+        "producer": PRODUCER,
+        "schemaURL": f"{SCHEMA}#/$defs/RunEvent",
+        "run": {
+            "runId": run_id or str(uuid.uuid4()),
+            "facets": {},
+        },
+        "job": {
+            "namespace": "airflow",
+            "name": f"daily_churn.transform_{i % 50}",
+            "facets": {
+                "sourceCodeLocation": {
+                    "_producer": PRODUCER,
+                    "_schemaURL": FACET,
+                    "type": "git",
+                    "url": "https://git.example.com/data/churn",
+                    "version": "4f2a9c1d",
+                }
+            },
+        },
+        "inputs": [
+            {
+                "namespace": "postgres://warehouse:5432",
+                "name": f"raw.customers_{i % 20}",
+                "facets": {
+                    "schema": {
+                        "_producer": PRODUCER,
+                        "_schemaURL": FACET,
+                        "fields": [{"name": "customer_id", "type": "BIGINT"}, {"name": "email", "type": "TEXT"}],
+                    }
+                },
+            },
+            {"namespace": "s3://lake", "name": f"raw/events/day={i % 28 + 1}", "facets": {}},
+        ],
+        "outputs": [
+            {
+                "namespace": "s3://lake",
+                "name": f"features/churn_{i % 20}",
+                "outputFacets": {
+                    "outputStatistics": {"_producer": PRODUCER, "_schemaURL": FACET, "rowCount": 1000, "size": 65536}
+                },
+            },
+        ],
+    }
+
+
+class EventFactory:
+    """Serialised RunEvents with unique runIds, made cheaply (a template and a string substitution)
+    so that building bodies costs the load client little CPU."""
+
+    PLACEHOLDER = "00000000-0000-4000-8000-000000000000"
+
+    def __init__(self, variants: int = 64) -> None:
+        self.templates = [
+            json.dumps(run_event(i, self.PLACEHOLDER), separators=(",", ":")).encode() for i in range(variants)
+        ]
+        self._n = 0
+        self._lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        return sum(len(t) for t in self.templates) // len(self.templates)
+
+    def one(self) -> bytes:
+        with self._lock:
+            self._n += 1
+            n = self._n
+        return self.templates[n % len(self.templates)].replace(self.PLACEHOLDER.encode(), str(uuid.uuid4()).encode())
+
+    def batch(self, count: int) -> bytes:
+        return b"[" + b",".join(self.one() for _ in range(count)) + b"]"
+
+
+# --- a minimal keep-alive HTTP/1.1 client ---------------------------------------------------------
+
+
+class HttpConnection:
+    """One keep-alive connection, raw socket: much cheaper per request than http.client or requests
+    (no header objects, no email parser), so the load client stays far from being the bottleneck."""
+
+    def __init__(self, host: str, port: int, timeout: float = 120.0) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
+        self.sock: socket.socket | None = None
+        self.buf = b""
+
+    def _connect(self) -> socket.socket:
+        s = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock, self.buf = s, b""
+        return s
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def request(self, method: str, path: str, body: bytes = b"", headers: bytes = b"") -> tuple[int, bytes]:
+        """Sends one request; returns (status, body). Reconnects once if the server closed an idle
+        keep-alive connection before this request reached it."""
+        head = (
+            (f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Length: {len(body)}\r\n").encode()
+            + headers
+            + b"\r\n"
+        )
+        for attempt in (0, 1):
+            sock = self.sock or self._connect()
+            try:
+                sock.sendall(head + body if len(body) < 65536 else head)
+                if len(body) >= 65536:
+                    sock.sendall(body)
+                return self._response(sock)
+            except (ConnectionError, _ClosedError):
+                self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _fill(self, sock: socket.socket) -> None:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            raise _ClosedError
+        self.buf += chunk
+
+    def _response(self, sock: socket.socket) -> tuple[int, bytes]:
+        while (end := self.buf.find(b"\r\n\r\n")) < 0:
+            self._fill(sock)
+        head, self.buf = self.buf[:end], self.buf[end + 4 :]
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        length, chunked, close = None, False, False
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+            elif name == b"connection" and b"close" in value.lower():
+                close = True
+        if chunked:
+            body = self._chunked(sock)
+        elif length is not None:
+            while len(self.buf) < length:
+                self._fill(sock)
+            body, self.buf = self.buf[:length], self.buf[length:]
+        else:  # until close
+            try:
+                while True:
+                    self._fill(sock)
+            except _ClosedError:
+                pass
+            body, self.buf, close = self.buf, b"", True
+        if close:
+            self.close()
+        return status, body
+
+    def _chunked(self, sock: socket.socket) -> bytes:
+        parts: list[bytes] = []
+        while True:
+            while (end := self.buf.find(b"\r\n")) < 0:
+                self._fill(sock)
+            size = int(self.buf[:end].split(b";")[0], 16)
+            self.buf = self.buf[end + 2 :]
+            while len(self.buf) < size + 2:
+                self._fill(sock)
+            parts.append(self.buf[:size])
+            self.buf = self.buf[size + 2 :]
+            if size == 0:
+                return b"".join(parts)
+
+
+class _ClosedError(Exception):
+    pass
+
+
+def auth_headers(token: str, json_body: bool = False) -> bytes:
+    h = f"Authorization: Bearer {token}\r\n"
+    if json_body:
+        h += "Content-Type: application/json\r\n"
+    return h.encode()
+
+
+# --- load generation and statistics ---------------------------------------------------------------
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    """p50/p90/p99/max/mean of latencies in seconds, reported in milliseconds (nearest rank)."""
+    if not samples:
+        return {}
+    s = sorted(samples)
+
+    def pct(p: float) -> float:
+        return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))] * 1000
+
+    return {
+        "p50_ms": round(pct(50), 3),
+        "p90_ms": round(pct(90), 3),
+        "p99_ms": round(pct(99), 3),
+        "max_ms": round(s[-1] * 1000, 3),
+        "mean_ms": round(sum(s) / len(s) * 1000, 3),
+    }
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    ok: int
+    errors: dict[int, int]
+    wall_s: float
+    latencies: list[float]
+    items: int  # events (or proofs) represented by the successful requests
+    first_error: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "ok": self.ok,
+            "errors": {str(k): v for k, v in self.errors.items()},
+            "first_error": self.first_error[:300],
+            "wall_s": round(self.wall_s, 3),
+            "requests_per_s": round(self.ok / self.wall_s, 1) if self.wall_s else 0.0,
+            "items_per_s": round(self.items / self.wall_s, 1) if self.wall_s else 0.0,
+            "latency": percentiles(self.latencies),
+        }
+
+
+def run_load(
+    port: int,
+    make_request: Callable[[int], tuple[str, str, bytes, bytes, int]],
+    *,
+    concurrency: int,
+    duration: float | None = None,
+    count: int | None = None,
+    check: Callable[[int, bytes], int] | None = None,
+    warmup: int = 0,
+) -> LoadResult:
+    """Runs `concurrency` threads, each with one keep-alive connection, until `duration` seconds have
+    passed or `count` requests were sent in all. `make_request(i)` returns (method, path, headers,
+    body, items); `check(status, body)` returns how many items succeeded (default: 2xx -> items).
+    Each thread first sends `warmup` requests that are not counted (connections, worker caches)."""
+    assert duration is not None or count is not None
+    lock = threading.Lock()
+    counter = [0]
+    lat: list[list[float]] = [[] for _ in range(concurrency)]
+    ok = [0] * concurrency
+    items = [0] * concurrency
+    errors: dict[int, int] = {}
+    first_error = [""]
+    start_at = [0.0]
+    stop_at = [0.0]
+
+    def go() -> None:  # runs once, before any thread passes the barrier
+        start_at[0] = time.perf_counter()
+        stop_at[0] = start_at[0] + (duration or 0.0)
+
+    barrier = threading.Barrier(concurrency + 1, action=go)
+
+    def next_index() -> int | None:
+        with lock:
+            i = counter[0]
+            if count is not None and i >= count:
+                return None
+            counter[0] = i + 1
+            return i
+
+    def worker(t: int) -> None:
+        conn = HttpConnection("127.0.0.1", port)
+        try:
+            for w in range(warmup):
+                method, path, headers, body, _ = make_request(-1 - w)
+                conn.request(method, path, body, headers)
+            barrier.wait()
+            my_lat = lat[t]
+            perf = time.perf_counter
+            while True:
+                if duration is not None and perf() >= stop_at[0]:
+                    break
+                i = next_index()
+                if i is None:
+                    break
+                method, path, headers, body, n = make_request(i)
+                t0 = perf()
+                try:
+                    status, resp = conn.request(method, path, body, headers)
+                except OSError as e:
+                    status, resp = 599, str(e).encode()
+                my_lat.append(perf() - t0)
+                good = check(status, resp) if check else (n if 200 <= status < 300 else 0)
+                if good:
+                    ok[t] += 1
+                    items[t] += good
+                else:
+                    with lock:
+                        errors[status] = errors.get(status, 0) + 1
+                        if not first_error[0]:
+                            first_error[0] = f"HTTP {status}: {resp[:300]!r}"
+        except threading.BrokenBarrierError:
+            pass
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(concurrency)]
+    for th in threads:
+        th.start()
+    barrier.wait()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - start_at[0]
+    all_lat = [x for part in lat for x in part]
+    return LoadResult(
+        requests=len(all_lat),
+        ok=sum(ok),
+        errors=errors,
+        wall_s=wall,
+        latencies=all_lat,
+        items=sum(items),
+        first_error=first_error[0],
+    )
+
+
+# --- filling a log --------------------------------------------------------------------------------
+
+
+def batch_successes(status: int, body: bytes) -> int:
+    """Successful events of a /lineage/batch response, read from its head without parsing the
+    receipts (which are most of the body)."""
+    if status != 200:
+        return 0
+    head = body[:400]
+    key = b'"successful":'
+    at = head.find(key)
+    if at < 0:
+        return int(json.loads(body)["summary"]["successful"])
+    end = at + len(key)
+    stop = end
+    while stop < len(head) and head[stop : stop + 1].isdigit():
+        stop += 1
+    return int(head[end:stop])
+
+
+def fill_http(srv: Server, target: int, *, batch: int = 1000, concurrency: int = 4) -> dict[str, Any]:
+    """Appends RunEvents through POST /api/v1/lineage/batch until the log holds `target` entries."""
+    factory = EventFactory()
+    start = log_size(srv)
+    need = max(0, target - start)
+    batches = (need + batch - 1) // batch
+    headers = auth_headers(srv.token, json_body=True)
+    sizes = [batch] * batches
+    if batches:
+        sizes[-1] = need - batch * (batches - 1)
+    progress = {"done": 0, "t0": time.perf_counter(), "last": time.perf_counter()}
+    plock = threading.Lock()
+
+    def make(i: int) -> tuple[str, str, bytes, bytes, int]:
+        return "POST", "/api/v1/lineage/batch", headers, factory.batch(sizes[i]), sizes[i]
+
+    def check(status: int, body: bytes) -> int:
+        n = batch_successes(status, body)
+        with plock:
+            progress["done"] += n
+            now = time.perf_counter()
+            if now - progress["last"] > 15:
+                progress["last"] = now
+                rate = progress["done"] / (now - progress["t0"])
+                log(f"  fill: {start + progress['done']:,}/{target:,} entries ({rate:,.0f}/s)")
+        return n
+
+    log(
+        f"filling the log to {target:,} entries through the batch API ({need:,} to add, {batch}/batch, "
+        f"{concurrency} clients)"
+    )
+    with CpuMeter(srv, srv.dbname) as cpu:
+        res = run_load(srv.port, make, concurrency=concurrency, count=batches, check=check)
+    out = {
+        "method": "http batch intake (POST /api/v1/lineage/batch)",
+        "entries_added": res.items,
+        "batch": batch,
+        "concurrency": concurrency,
+        "seconds": round(res.wall_s, 1),
+        "events_per_s": round(res.items / res.wall_s, 1) if res.wall_s else 0.0,
+        "errors": res.summary()["errors"],
+        "cpu": cpu.report(),
+        "size_after": log_size(srv),
+    }
+    log(f"filled: {out['size_after']:,} entries in {out['seconds']} s ({out['events_per_s']:,.0f} events/s)")
+    return out
+
+
+def fill_direct(srv: Server, target: int, *, batch: int = 5000) -> dict[str, Any]:
+    """Appends the same RunEvents in-process through `Ledger.append` (no HTTP, no validation), in
+    large batches, with the server running (the sequencer's advisory lock serialises us with it)."""
+    import hashlib
+
+    from ledger.config import Settings
+    from ledger.runtime import build_runtime
+    from ledger.store.sequencer import PendingEntry
+    from ledger.tlog.entry import canonical_json
+
+    rt = build_runtime(Settings.from_env(srv.env))
+    try:
+        start = rt.ledger.size()
+        need = max(0, target - start)
+        log(f"filling the log to {target:,} entries in-process (Ledger.append, {batch}/batch)")
+        t0 = last = time.perf_counter()
+        done = 0
+        while done < need:
+            n = min(batch, need - done)
+            pending = []
+            for i in range(n):
+                ev = run_event(start + done + i)
+                pending.append(
+                    PendingEntry(
+                        kind="openlineage.run_event",
+                        subject=f"run:{ev['run']['runId']}",
+                        principal="bench-direct",
+                        payload=ev,
+                        dedup_key="sha256:" + hashlib.sha256(canonical_json(ev)).hexdigest(),
+                    )
+                )
+            rt.ledger.append(pending)
+            done += n
+            if time.perf_counter() - last > 15:
+                last = time.perf_counter()
+                log(f"  fill: {start + done:,}/{target:,} entries ({done / (last - t0):,.0f}/s)")
+        dt = time.perf_counter() - t0
+        size = rt.ledger.size()
+    finally:
+        rt.close()
+    out = {
+        "method": "in-process Ledger.append (build_runtime(Settings.from_env(...)))",
+        "entries_added": need,
+        "batch": batch,
+        "seconds": round(dt, 1),
+        "events_per_s": round(need / dt, 1) if dt else 0.0,
+        "size_after": size,
+    }
+    log(f"filled: {size:,} entries in {out['seconds']} s ({out['events_per_s']:,.0f} events/s)")
+    return out
+
+
+def parse_env(items: list[str] | None) -> dict[str, str]:
+    """`--server-env KEY=VALUE` options as a dict."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--server-env wants KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def log_size(srv: Server) -> int:
+    """The current tree size, from the public checkpoint."""
+    status, body = HttpConnection("127.0.0.1", srv.port).request("GET", "/api/v1/log/checkpoint")
+    if status != 200:
+        raise RuntimeError(f"checkpoint: HTTP {status} {body[:200]!r}")
+    return int(body.decode().split("\n")[1])
+
+
+# --- results --------------------------------------------------------------------------------------
+
+
+def environment() -> dict[str, Any]:
+    git = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    )
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "ledger", "migrations"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    # The working tree changes under us (others commit while benchmarks run): a digest of the code
+    # that was measured says which version a figure belongs to.
+    code = hashlib.sha256()
+    for path in sorted([*REPO.glob("ledger/**/*.py"), *REPO.glob("migrations/**/*.py")]):
+        code.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return {
+        "code_sha256": code.hexdigest()[:16],
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_avg": os.getloadavg(),
+        "commit": git.stdout.strip(),
+        "ledger_tree_dirty": bool(dirty.stdout.strip()),
+        "postgres": PG_ADMIN_URL.rsplit("@", 1)[-1].rsplit("/", 1)[0],
+    }
+
+
+_AT_START: dict[str, Any] = {}
+
+
+def remember_start() -> None:
+    """Records the environment (and the digest of the code about to be measured) at start."""
+    if not _AT_START:
+        _AT_START.update(environment())
+
+
+def write_results(name: str, data: dict[str, Any]) -> Path:
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    env = environment()
+    start = _AT_START or env
+    if start.get("code_sha256") != env["code_sha256"]:
+        log(
+            "WARNING: ledger/ or migrations/ changed during the run; the figures belong to the code at start "
+            f"({start.get('code_sha256')}), servers started later may have run newer code"
+        )
+    meta = {
+        "environment": env,
+        "environment_at_start": start,
+        "code_changed_during_run": start.get("code_sha256") != env["code_sha256"],
+    }
+    path.write_text(json.dumps({**meta, **data}, indent=2, default=str) + "\n")
+    log(f"results written to {path}")
+    return path
+
+
+def fmt_rate(x: float) -> str:
+    return f"{x:,.0f}"

@@ -1,0 +1,205 @@
+"""Intake throughput: single OpenLineage events and batches, against a real server.
+
+What it measures
+- single: `POST /api/v1/lineage`, one realistic ~1.3 KB RunEvent per request (two inputs, one
+  output, facets with `_producer`/`_schemaURL`, a fresh runId each, so no request is a duplicate),
+  from N concurrent keep-alive connections (one thread each, raw-socket HTTP/1.1 client that sends
+  pre-serialised bodies) for a fixed duration. Reports events/s (201s only), latency p50/p90/p99,
+  and CPU (in cores) of the client, the gunicorn processes and our database's PostgreSQL backends,
+  so one can see whether the client or the server is the bottleneck.
+- batch: `POST /api/v1/lineage/batch`, `--batch` events per request (default 500), from a few
+  concurrent clients for a fixed duration; events/s counts `summary.successful`.
+
+How: `ledger serve --workers 2` as a subprocess on a fresh PostgreSQL database (dropped after) and a
+fresh data dir; a `pipeline` principal made with `ledger principals add`. Targets (issue): >= 1,000
+single events/s, >= 10,000 batched events/s.
+
+    python bench/intake.py [--quick] [--duration S] [--concurrency 16,32] [--batch 500] [--batch-clients 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from common import (
+    CpuMeter,
+    EventFactory,
+    Server,
+    auth_headers,
+    batch_successes,
+    log,
+    log_size,
+    parse_env,
+    remember_start,
+    run_load,
+    running_server,
+    write_results,
+)
+
+SINGLE_TARGET = 1_000
+BATCH_TARGET = 10_000
+
+
+def bench_single(srv: Server, *, concurrency: int, duration: float) -> dict[str, Any]:
+    factory = EventFactory()
+    headers = auth_headers(srv.token, json_body=True)
+
+    def make(_i: int) -> tuple[str, str, bytes, bytes, int]:
+        return "POST", "/api/v1/lineage", headers, factory.one(), 1
+
+    log(f"single-event intake: {concurrency} connections for {duration:.0f} s")
+    before = log_size(srv)
+    with CpuMeter(srv, srv.dbname) as cpu:
+        res = run_load(srv.port, make, concurrency=concurrency, duration=duration, warmup=1)
+    out = {
+        "concurrency": concurrency,
+        "event_bytes": factory.size,
+        **res.summary(),
+        "cpu": cpu.report(),
+        "log_growth": log_size(srv) - before,
+    }
+    out["events_per_s"] = out.pop("items_per_s")
+    log(
+        f"  {out['events_per_s']:,.0f} events/s, p50 {out['latency'].get('p50_ms')} ms, "
+        f"p99 {out['latency'].get('p99_ms')} ms, errors {out['errors']}, cpu {out['cpu']}"
+    )
+    return out
+
+
+def bench_batch(srv: Server, *, batch: int, concurrency: int, duration: float) -> dict[str, Any]:
+    factory = EventFactory()
+    headers = auth_headers(srv.token, json_body=True)
+    # Bodies are made ahead of time (they are large); a body is reused only after every other one,
+    # and each holds fresh runIds, so reuse would show up as duplicates: we make enough to avoid it.
+    pool = [factory.batch(batch) for _ in range(concurrency * 2)]
+    made = [0]
+
+    def make(i: int) -> tuple[str, str, bytes, bytes, int]:
+        if i < 0:
+            return "POST", "/api/v1/lineage/batch", headers, factory.batch(batch), batch
+        if i < len(pool):
+            body = pool[i]
+        else:
+            made[0] += 1
+            body = factory.batch(batch)
+        return "POST", "/api/v1/lineage/batch", headers, body, batch
+
+    log(f"batch intake: {batch} events/request, {concurrency} clients for {duration:.0f} s")
+    before = log_size(srv)
+    with CpuMeter(srv, srv.dbname) as cpu:
+        res = run_load(srv.port, make, concurrency=concurrency, duration=duration, check=batch_successes, warmup=1)
+    out = {
+        "batch": batch,
+        "concurrency": concurrency,
+        "event_bytes": factory.size,
+        **res.summary(),
+        "cpu": cpu.report(),
+        "log_growth": log_size(srv) - before,
+    }
+    out["events_per_s"] = out.pop("items_per_s")
+    out["batch_latency"] = out.pop("latency")
+    log(
+        f"  {out['events_per_s']:,.0f} events/s ({out['requests_per_s']} batches/s), "
+        f"batch p50 {out['batch_latency'].get('p50_ms')} ms, errors {out['errors']}, cpu {out['cpu']}"
+    )
+    return out
+
+
+def run(
+    srv: Server,
+    *,
+    quick: bool = False,
+    duration: float | None = None,
+    concurrency: list[int] | None = None,
+    batch: int = 500,
+    batch_clients: int = 4,
+) -> dict[str, Any]:
+    duration = duration or (10.0 if quick else 30.0)
+    singles = [bench_single(srv, concurrency=c, duration=duration) for c in (concurrency or [16, 32])]
+    batches = bench_batch(srv, batch=batch, concurrency=batch_clients, duration=duration)
+    best = max(singles, key=lambda r: r["events_per_s"])
+    mem = srv.memory()
+    log(
+        f"server memory after intake: {mem['gunicorn_total_rss_mb']} MB RSS (master+workers), "
+        f"PSS {mem['gunicorn_total_pss_mb']} MB"
+    )
+    return {
+        "memory_after": mem,
+        "single": singles,
+        "batch": batches,
+        "single_events_per_s": best["events_per_s"],
+        "single_best_concurrency": best["concurrency"],
+        "single_p50_ms": best["latency"].get("p50_ms"),
+        "single_p99_ms": best["latency"].get("p99_ms"),
+        "batch_events_per_s": batches["events_per_s"],
+    }
+
+
+def print_summary(r: dict[str, Any]) -> None:
+    print("\nintake (PostgreSQL, ledger serve --workers 2)")
+    print(f"  {'mode':<28}{'events/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'client':>8}{'server':>8}{'pg':>6}{'busy':>6}")
+    for s in r["single"]:
+        c = s["cpu"]
+        label = f"single, {s['concurrency']} conns"
+        print(
+            f"  {label:<28}{s['events_per_s']:>10,.0f}"
+            f"{s['latency'].get('p50_ms', 0):>10.2f}{s['latency'].get('p99_ms', 0):>10.2f}"
+            f"{c['client_cores']:>8.2f}{c['server_cores']:>8.2f}{c['postgres_backend_cores']:>6.2f}"
+            f"{c['machine_busy_cores']:>6.2f}"
+        )
+    b = r["batch"]
+    c = b["cpu"]
+    label = f"batch {b['batch']}, {b['concurrency']} clients"
+    print(
+        f"  {label:<28}{b['events_per_s']:>10,.0f}"
+        f"{b['batch_latency'].get('p50_ms', 0):>10.1f}{b['batch_latency'].get('p99_ms', 0):>10.1f}"
+        f"{c['client_cores']:>8.2f}{c['server_cores']:>8.2f}{c['postgres_backend_cores']:>6.2f}"
+        f"{c['machine_busy_cores']:>6.2f}"
+    )
+    print(
+        "  (cpu columns in cores: load client, gunicorn master+workers, our PostgreSQL backends, whole machine;"
+        " batch latencies are per request)"
+    )
+    m = r.get("memory_after")
+    if m:
+        workers = ", ".join(f"{w['rss_mb']:.0f}" for w in m["workers"])
+        print(
+            f"  server RSS after intake: master {m['master']['rss_mb']:.0f} MB + workers "
+            f"[{workers}] MB = {m['gunicorn_total_rss_mb']:.0f} MB "
+            f"(PSS {m['gunicorn_total_pss_mb']:.0f} MB)"
+        )
+    print(f"  targets: single >= {SINGLE_TARGET:,}/s, batch >= {BATCH_TARGET:,}/s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="10 s per measurement instead of 30 s")
+    p.add_argument("--duration", type=float, help="seconds per measurement")
+    p.add_argument("--concurrency", default="16,32", help="connections for single-event intake (list)")
+    p.add_argument("--batch", type=int, default=500, help="events per batch request")
+    p.add_argument("--batch-clients", type=int, default=4, help="concurrent batch clients")
+    p.add_argument(
+        "--server-env",
+        action="append",
+        metavar="KEY=VALUE",
+        help="environment variable for the server (repeatable), e.g. MALLOC_ARENA_MAX=2",
+    )
+    a = p.parse_args(argv)
+    remember_start()
+    with running_server(env=parse_env(a.server_env)) as srv:
+        r = run(
+            srv,
+            quick=a.quick,
+            duration=a.duration,
+            concurrency=[int(x) for x in a.concurrency.split(",")],
+            batch=a.batch,
+            batch_clients=a.batch_clients,
+        )
+    print_summary(r)
+    write_results("intake", {"command": " ".join(["python", *sys.argv]), "intake": r})
+
+
+if __name__ == "__main__":
+    main()

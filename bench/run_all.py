@@ -1,0 +1,219 @@
+"""Runs every benchmark against one shared PostgreSQL log and prints a summary table.
+
+Order: start `ledger serve --workers 2` on a fresh PostgreSQL database; intake (single events and
+batches, on the young log); fill the log to N entries (once; `--fill direct` through
+`Ledger.append` in-process, default, or `--fill http` through the batch API); inclusion-proof
+latency and server RSS at N; `ledger verify --url` over the N entries; stop the server and drop the
+database; then ours-vs-pymerkle in-process. The summary lists target, measured figure and the exact
+command that reproduces each figure alone; the JSON goes to bench/results/run_all-<time>.json.
+
+    python bench/run_all.py            # N = 1,000,000 (takes a while: the fill dominates)
+    python bench/run_all.py --quick    # N = 100,000, shorter measurements, 20,000 pymerkle leaves
+    options: --entries N, --fill direct|http, --skip intake,proofs,verify,pymerkle
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from typing import Any
+
+import intake
+import proofs
+import pymerkle_compare
+import verify
+from common import (
+    fill_direct,
+    fill_http,
+    log,
+    log_size,
+    parse_env,
+    pg_database,
+    remember_start,
+    running_server,
+    write_results,
+)
+
+
+def _fmt(v: Any, unit: str) -> str:
+    if v is None:
+        return "n/a"
+    if unit == "/s":
+        return f"{v:,.0f}/s"
+    if unit == "ms":
+        return f"{v:.3f} ms"
+    if unit == "MB":
+        return f"{v:,.0f} MB"
+    if unit == "x":
+        return f"{v:.2f}x"
+    return str(v)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--entries", type=int)
+    p.add_argument("--fill", choices=["direct", "http"], default="direct")
+    p.add_argument("--skip", default="", help="comma-separated: intake,proofs,verify,pymerkle")
+    p.add_argument(
+        "--server-env",
+        action="append",
+        metavar="KEY=VALUE",
+        help="environment variable for the server (repeatable), e.g. MALLOC_ARENA_MAX=2",
+    )
+    a = p.parse_args(argv)
+    remember_start()
+    skip = {s.strip() for s in a.skip.split(",") if s.strip()}
+    n = a.entries or (100_000 if a.quick else 1_000_000)
+    samples = 2_000 if a.quick else 5_000
+    pm_leaves = 20_000 if a.quick else 100_000
+    pm_single = 500 if a.quick else 2_000
+    results: dict[str, Any] = {
+        "command": " ".join(["python", *sys.argv]),
+        "entries": n,
+        "fill_method": a.fill,
+        "server_env": parse_env(a.server_env),
+    }
+    t_start = time.perf_counter()
+
+    def guarded(name: str, fn: Any) -> Any:
+        try:
+            return fn()
+        except Exception as e:  # report and go on: one broken benchmark must not hide the others
+            traceback.print_exc()
+            results.setdefault("errors", {})[name] = f"{type(e).__name__}: {e}"
+            return None
+
+    if not {"intake", "proofs", "verify"} <= skip:
+        with pg_database() as url, running_server(url, env=parse_env(a.server_env)) as srv:
+            if "intake" not in skip:
+                results["intake"] = guarded("intake", lambda: intake.run(srv, quick=a.quick))
+            if not {"proofs", "verify"} <= skip:
+                t0 = time.perf_counter()
+                fill = guarded("fill", lambda: (fill_http if a.fill == "http" else fill_direct)(srv, n))
+                results["fill"] = fill
+                results["fill_wall_s"] = round(time.perf_counter() - t0, 1)
+                log(f"shared log: {log_size(srv):,} entries")
+            if "proofs" not in skip:
+                results["proofs"] = guarded(
+                    "proofs", lambda: proofs.run(srv, entries=n, samples=samples, fill=a.fill, fill_report=fill)
+                )
+            if "verify" not in skip:
+                results["verify"] = guarded("verify", lambda: verify.run(srv))
+    if "pymerkle" not in skip:
+        results["pymerkle_compare"] = guarded(
+            "pymerkle",
+            lambda: pymerkle_compare.run(leaves_n=pm_leaves, single_n=pm_single, samples=2000, postgres=True),
+        )
+    results["total_wall_s"] = round(time.perf_counter() - t_start, 1)
+
+    for name, mod in (
+        ("intake", intake),
+        ("proofs", proofs),
+        ("verify", verify),
+        ("pymerkle_compare", pymerkle_compare),
+    ):
+        if results.get(name):
+            mod.print_summary(results[name])
+
+    rows: list[tuple[str, str, Any, str, str, str]] = []
+    q = " --quick" if a.quick else ""
+    it, pr, ve, pm = (results.get(k) or {} for k in ("intake", "proofs", "verify", "pymerkle_compare"))
+    if it:
+        rows += [
+            (
+                "single intake",
+                ">= 1,000/s",
+                it.get("single_events_per_s"),
+                "/s",
+                ">=1000",
+                f"python bench/intake.py{q}",
+            ),
+            (
+                "single intake p50 / p99",
+                "-",
+                f"{it.get('single_p50_ms')} / {it.get('single_p99_ms')} ms",
+                "",
+                "",
+                f"python bench/intake.py{q}",
+            ),
+            (
+                "batched intake (500/req)",
+                ">= 10,000/s",
+                it.get("batch_events_per_s"),
+                "/s",
+                ">=10000",
+                f"python bench/intake.py{q}",
+            ),
+        ]
+    if results.get("fill"):
+        f = results["fill"]
+        rows.append(
+            (
+                f"fill to {n:,} ({a.fill})",
+                "-",
+                f.get("events_per_s"),
+                "/s",
+                "",
+                f"python bench/proofs.py --entries {n} --fill {a.fill}",
+            )
+        )
+    if pr:
+        cmd = f"python bench/proofs.py --entries {n} --samples {samples}"
+        rows += [
+            (f"proof p50 HTTP @{pr['tree_size']:,}", "<= 1 ms", pr.get("http_p50_ms"), "ms", "<=1", cmd),
+            (f"proof p99 HTTP @{pr['tree_size']:,}", "-", pr.get("http_p99_ms"), "ms", "", cmd),
+            ("proof p50 in-process", "-", pr.get("inprocess_p50_ms"), "ms", "", cmd),
+            ("server RSS master+workers", "<= 300 MB", pr.get("rss_total_mb"), "MB", "<=300", cmd),
+        ]
+    if ve:
+        rows.append(
+            (
+                f"ledger verify --url @{ve['tree_size']:,}",
+                ">= 100,000/s",
+                ve.get("entries_per_s"),
+                "/s",
+                ">=100000",
+                f"python bench/verify.py --entries {n}",
+            )
+        )
+    if pm:
+        cmd = f"python bench/pymerkle_compare.py --leaves {pm_leaves} --single {pm_single}"
+        b, pp = pm["bulk_append"], pm["inclusion_proof"]
+        rows += [
+            ("vs pymerkle: in-memory append", "-", pm["inmemory_append"]["ratio_ours_over_pymerkle"], "x", "", cmd),
+            ("vs pymerkle: bulk append SQLite", "-", b["ratio_ours_sqlite_over_pymerkle"], "x", "", cmd),
+            (
+                "vs pymerkle: commit/leaf SQLite",
+                "-",
+                pm["single_commit_append"]["ratio_ours_over_pymerkle"],
+                "x",
+                "",
+                cmd,
+            ),
+            ("vs pymerkle: proof p50 (SQLite)", "-", pp["p50_ratio_pymerkle_warm_over_ours_sqlite"], "x", "", cmd),
+        ]
+
+    def status(v: Any, rule: str) -> str:
+        if not rule or not isinstance(v, int | float):
+            return ""
+        if rule.startswith(">="):
+            return "met" if v >= float(rule[2:]) else "MISSED"
+        return "met" if v <= float(rule[2:]) else "MISSED"
+
+    print(
+        f"\nsummary ({'quick, ' if a.quick else ''}{n:,} entries, total {results['total_wall_s']:.0f} s; "
+        "ratios: above 1 means ours is faster)"
+    )
+    print(f"  {'metric':<34}{'target':<14}{'measured':<20}{'':<8}command")
+    for name, target, v, unit, rule, cmd in rows:
+        print(f"  {name:<34}{target:<14}{_fmt(v, unit) if unit else str(v):<20}{status(v, rule):<8}{cmd}")
+    if results.get("errors"):
+        print(f"  errors: {results['errors']}")
+    write_results("run_all", results)
+
+
+if __name__ == "__main__":
+    main()
