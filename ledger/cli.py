@@ -125,11 +125,13 @@ def keys() -> None:
 @keys.command("verifier")
 def keys_verifier() -> None:
     """Print the log's verifier key line (DESIGN.md 3.2)."""
-    from ledger.security.keys import ensure_signing_key
+    from ledger.runtime import initialise
+    from ledger.security.keys import load_signing_key
     from ledger.tlog.note import NoteSigner
 
     s = _settings()
-    signer = NoteSigner(name=s.origin, private_key=ensure_signing_key(s.signing_key_path))
+    initialise(s)  # creates the key of a new log; refuses a key that is not this log's current one
+    signer = NoteSigner(name=s.origin, private_key=load_signing_key(s.signing_key_path))
     click.echo(signer.verifier.line())
 
 
@@ -137,31 +139,26 @@ def keys_verifier() -> None:
 def keys_rotate() -> None:
     """Start a new signing key; checkpoints signed by the old one keep verifying with the old verifier key.
 
-    Restart `ledger serve` (or send its master SIGHUP) so the workers sign with the new key.
+    Running workers and the scheduler on this host pick up the new key file by themselves; copy it to
+    every other host of the deployment (a host with the old key stops signing until it has the new one).
     """
     from ledger.runtime import build_runtime, initialise
-    from ledger.security.keys import rotate_signing_key
+    from ledger.security.keys import install_next_key, prepare_next_key
     from ledger.tlog.note import NoteSigner
 
     s = _settings()
     initialise(s)
     rt = build_runtime(s)
     try:
-        rt.ledger.store_checkpoint()  # the old key's last word: a stored checkpoint of the current tree
-        old_kid = rt.keyring.signer.verifier.key_id.hex()
+        rt.ledger.store_checkpoint()  # the old key's last word on the tree as it stands
+        old = rt.keyring.signer
+        new = NoteSigner(name=s.origin, private_key=prepare_next_key(s.signing_key_path))
+        rt.keyring.rotate_to(new)  # from here on the database names the new key current
+        install_next_key(s.signing_key_path, retired_name=f"{old.verifier.key_id.hex()}.pem")
     finally:
         rt.close()
-    old, new = rotate_signing_key(s.signing_key_path, retired_name=f"{old_kid}.pem")
-    rt = build_runtime(s)
-    try:
-        rt.keyring.register_current()
-        rt.ledger.store_checkpoint()
-    finally:
-        rt.close()
-    old_line = NoteSigner(name=s.origin, private_key=old).verifier.line()
-    new_line = NoteSigner(name=s.origin, private_key=new).verifier.line()
-    click.echo(f"retired: {old_line}", err=True)
-    click.echo(new_line)
+    click.echo(f"retired: {old.verifier.line()}", err=True)
+    click.echo(new.verifier.line())
 
 
 @keys.command("list")

@@ -105,3 +105,10 @@ class PolicyError(LedgerError):
 
 class ConfigurationError(LedgerError):
     title = "Configuration error"
+
+
+class StaleSigningKeyError(ConfigurationError):
+    """This host holds a signing key that is not the log's current one (a rotation it has not seen)."""
+
+    status = 503
+    title = "Signing key not current"

@@ -11,13 +11,12 @@ from ledger.lineage.projection import lineage_projector
 from ledger.policy.bundle_entry import record_policy_bundle
 from ledger.policy.engine import PolicyEngine, load_policy_bundle
 from ledger.security.access import AccessService, intake_screen
-from ledger.security.keyring import Keyring
-from ledger.security.keys import ensure_signing_key, load_signing_key
+from ledger.security.keyring import Keyring, key_state
+from ledger.security.keys import KeyFile, check_host_key, key_id_of, load_signing_key
 from ledger.security.principals import PrincipalStore
 from ledger.store.db import Database
 from ledger.store.ledger import Ledger
 from ledger.store.migrate import upgrade
-from ledger.tlog.note import NoteSigner
 
 
 @dataclass
@@ -42,10 +41,17 @@ def initialise(settings: Settings) -> bool:
     Returns True when the database had no principals yet (a fresh deployment).
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    ensure_signing_key(settings.signing_key_path)
+    db = Database(settings.database_url, pool_size=1)
+    try:
+        upgrade(db.engine)
+        path = settings.signing_key_path
+        here = key_id_of(load_signing_key(path), settings.origin) if path.exists() else None
+        current, retired_at = key_state(db, here)
+    finally:
+        db.dispose()
+    check_host_key(path, settings.origin, current, retired_at)
     rt = build_runtime(settings)
     try:
-        upgrade(rt.db.engine)
         rt.keyring.register_current()
         record_policy_bundle(rt.ledger, rt.policy.bundle)
         return rt.principals.count() == 0
@@ -57,8 +63,7 @@ def build_runtime(settings: Settings) -> Runtime:
     """Wires one process's services. A policy that does not load stops here (fail closed)."""
     policy = PolicyEngine(load_policy_bundle(settings.policy_dir))
     db = Database(settings.database_url)
-    signer = NoteSigner(name=settings.origin, private_key=load_signing_key(settings.signing_key_path))
-    ledger = Ledger(db=db, signer=signer)
+    ledger = Ledger(db=db, signer=KeyFile(settings.signing_key_path, settings.origin))
     principals = PrincipalStore(db)
 
     def roles_of(name: str) -> frozenset[str]:
@@ -79,7 +84,7 @@ def build_runtime(settings: Settings) -> Runtime:
         db=db,
         ledger=ledger,
         principals=principals,
-        keyring=Keyring(db, signer),
+        keyring=Keyring(db, ledger),
         intake=LineageIntake(ledger, project=lineage_projector, screen=intake_screen(ledger, policy)),
         policy=policy,
         governance=governance,

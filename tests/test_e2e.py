@@ -234,7 +234,13 @@ def test_checkpoint_job_runs_once_per_deployment(tmp_path: Path, database_url: s
     a = start_server(tmp_path / "a", database_url, **interval)
     try:
         token = a.add_principal("etl", "pipeline")
-        b = start_server(tmp_path / "b", database_url, **interval) if database_url.startswith("postgres") else None
+        # A second host of the same deployment holds the same signing key (copied, or shared storage).
+        shared_key = {"LEDGER_SIGNING_KEY": str(tmp_path / "a" / "srv" / "signing-key.pem")}
+        b = (
+            start_server(tmp_path / "b", database_url, **interval, **shared_key)
+            if database_url.startswith("postgres")
+            else None
+        )
         try:
             eng = create_engine(database_url)
             with eng.connect() as c:

@@ -7,9 +7,11 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 from conftest import REPO, auth
 from events import run_event
 
@@ -82,3 +84,129 @@ def test_keys_endpoint_lists_validity_and_serves_no_secret(client, runtime, toke
     assert "PRIVATE" not in repr(runtime.ledger.signer) and secret not in repr(runtime.ledger.signer)
     logged = caplog.text
     assert secret not in logged and tokens.pipeline not in logged and "lgr_wrong-token-guess" not in logged
+
+
+def _env(tmp_path: Path, database_url: str, host: str, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "LEDGER_DATA_DIR": str(tmp_path / host),
+        "LEDGER_DATABASE_URL": database_url,
+        "LEDGER_POLICY_DIR": str(REPO / "policies"),
+        "LEDGER_ORIGIN": "ledger.test/hosts",
+        **extra,
+    }
+
+
+def test_a_host_with_another_key_is_refused_and_nothing_is_retired(tmp_path: Path, database_url: str) -> None:
+    """Two hosts on one log must hold the same key: a host that made up its own would sign
+    checkpoints that no verifier of this log accepts, and must not retire the log's key either."""
+    a = _env(tmp_path, database_url, "a")
+    assert _cli(a, "init").returncode == 0
+    vkey = _cli(a, "keys", "verifier").stdout.strip()
+
+    b = _env(tmp_path, database_url, "b")  # no key file on b
+    r = _cli(b, "init")
+    assert r.returncode == 1
+    assert "no signing key at" in r.stderr and "copy the key file" in r.stderr
+    assert not (tmp_path / "b" / "signing-key.pem").exists()  # did not make one up
+
+    (tmp_path / "b").mkdir(exist_ok=True)
+    from ledger.security.keys import create_signing_key
+
+    create_signing_key(tmp_path / "b" / "signing-key.pem")  # a key of its own
+    r = _cli(b, "init")
+    assert r.returncode == 1 and "this log's current key is" in r.stderr
+
+    shared = _env(tmp_path, database_url, "c", LEDGER_SIGNING_KEY=str(tmp_path / "a" / "signing-key.pem"))
+    assert _cli(shared, "init").returncode == 0  # the same key: welcome
+    listing = _cli(a, "keys", "list").stdout.strip().splitlines()
+    assert listing == [line for line in listing if vkey in line] and len(listing) == 1 and "(current)" in listing[0]
+
+
+def test_running_server_follows_a_rotation_and_stale_hosts_stop_signing(tmp_path: Path, database_url: str) -> None:
+    from conftest import start_server, stop_server
+
+    srv = start_server(tmp_path / "a", database_url, LEDGER_CHECKPOINT_INTERVAL="1")
+    stale = None
+    try:
+        old_vkey = srv.verifier_key()
+        old = NoteVerifier.parse(old_vkey)
+        old.verify(requests.get(f"{srv.url}/api/v1/log/checkpoint", timeout=10).text)
+        # A second host that keeps a copy of the old key file.
+        copy = tmp_path / "stale-key.pem"
+        copy.write_bytes((tmp_path / "a" / "srv" / "signing-key.pem").read_bytes())
+        copy.chmod(0o600)
+        if database_url.startswith("postgres"):
+            stale = start_server(tmp_path / "b", database_url, LEDGER_SIGNING_KEY=str(copy))
+
+        r = srv.ledger("keys", "rotate", check=False)
+        assert r.returncode == 0, r.stderr
+        new = NoteVerifier.parse(r.stdout.strip().splitlines()[-1])
+
+        # No restart: the workers sign with the new key at once.
+        note = requests.get(f"{srv.url}/api/v1/log/checkpoint", timeout=10).text
+        new.verify(note)
+        with pytest.raises(InvalidCheckpointError):
+            old.verify(note)
+        token = srv.add_principal("etl", "pipeline")
+        receipt = requests.post(f"{srv.url}/api/v1/lineage", json=run_event(), headers=auth(token), timeout=30).json()
+        new.verify(receipt["receipt"]["checkpoint"])
+        keys = requests.get(f"{srv.url}/api/v1/log/keys", timeout=10).json()["keys"]
+        assert [(k["verifier_key"], k["current"]) for k in keys] == [(old_vkey, False), (new.line(), True)]
+        assert keys[0]["valid_until"] is not None and keys[1]["valid_until"] is None
+
+        # The scheduler process follows too: the next stored checkpoint is signed by the new key.
+        from sqlalchemy import create_engine, text
+
+        eng = create_engine(database_url)
+        deadline = time.monotonic() + 30
+        while True:
+            with eng.connect() as c:
+                rows = c.execute(
+                    text("SELECT size, key_id FROM checkpoints WHERE size = (SELECT max(seq) + 1 FROM log_entries)")
+                ).all()
+            if any(kid == new.key_id.hex() for _, kid in rows) or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        eng.dispose()
+        assert any(kid == new.key_id.hex() for _, kid in rows), rows
+        assert all(kid == new.key_id.hex() for _, kid in rows)  # nothing new signed by the retired key
+
+        if stale is not None:
+            # The host that missed the rotation refuses to sign rather than sign with a retired key.
+            refused = requests.get(f"{stale.url}/api/v1/log/checkpoint", timeout=10)
+            assert refused.status_code == 503
+            assert refused.headers["Content-Type"].startswith("application/problem+json")
+            assert new.key_id.hex() in refused.json()["detail"]
+            again = stale.ledger("init", check=False)
+            assert again.returncode == 1 and "was retired at" in again.stderr
+    finally:
+        if stale is not None:
+            stop_server(stale)
+        stop_server(srv)
+
+
+def test_an_interrupted_rotation_is_finished_on_the_next_start(tmp_path: Path, database_url: str) -> None:
+    """The database names the new key before the file is renamed; a crash in between is repaired."""
+    from ledger.config import Settings
+    from ledger.runtime import build_runtime, initialise
+    from ledger.security.keys import prepare_next_key
+    from ledger.tlog.note import NoteSigner
+
+    settings = Settings.from_env(_env(tmp_path, database_url, "a"))
+    initialise(settings)
+    rt = build_runtime(settings)
+    try:
+        new = NoteSigner(name=settings.origin, private_key=prepare_next_key(settings.signing_key_path))
+        rt.keyring.rotate_to(new)  # ... and the process dies before install_next_key
+    finally:
+        rt.close()
+    initialise(settings)
+    rt = build_runtime(settings)
+    try:
+        assert rt.ledger.signer.verifier.line() == new.verifier.line()
+        new.verifier.verify(rt.ledger.checkpoint().note)
+    finally:
+        rt.close()
+    assert not settings.signing_key_path.with_suffix(".new").exists()
+    assert len(list((tmp_path / "a" / "retired-keys").iterdir())) == 1

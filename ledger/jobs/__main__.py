@@ -8,10 +8,9 @@ import sys
 
 from ledger.config import Settings
 from ledger.jobs.checkpoints import run_forever
-from ledger.security.keys import load_signing_key
+from ledger.security.keys import KeyFile
 from ledger.store.db import Database
 from ledger.store.ledger import Ledger
-from ledger.tlog.note import NoteSigner
 
 
 def main() -> None:
@@ -19,7 +18,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     settings = Settings.from_env()
     # Only the log: the scheduler process imports no web framework, policy engine or projections.
-    signer = NoteSigner(name=settings.origin, private_key=load_signing_key(settings.signing_key_path))
+    signer = KeyFile(settings.signing_key_path, settings.origin)  # follows `ledger keys rotate`
     ledger = Ledger(db=Database(settings.database_url, pool_size=1), signer=signer)
     run_forever(ledger, interval=settings.checkpoint_interval)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -14,6 +16,9 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from ledger.errors import ConfigurationError
+from ledger.tlog.note import NoteSigner
+
+log = logging.getLogger("ledger.keys")
 
 
 def create_signing_key(path: Path) -> Ed25519PrivateKey:
@@ -52,21 +57,98 @@ def retired_dir(signing_key_path: Path) -> Path:
     return signing_key_path.parent / "retired-keys"
 
 
-def rotate_signing_key(path: Path, *, retired_name: str) -> tuple[Ed25519PrivateKey, Ed25519PrivateKey]:
-    """Starts a new signing key at `path`; the old one is kept (0600) under retired-keys/ for the record.
+def pending_key_path(path: Path) -> Path:
+    """Where `ledger keys rotate` writes the next key before the database names it current."""
+    return path.with_suffix(".new")
 
-    Returns (old, new). The new key is written to a temporary file first and renamed over the old
-    path, so a crash leaves either the old key or the new one in place, never none.
+
+def prepare_next_key(path: Path) -> Ed25519PrivateKey:
+    """Writes a fresh key beside `path` (0600); a leftover from an interrupted rotation is replaced."""
+    tmp = pending_key_path(path)
+    tmp.unlink(missing_ok=True)
+    return create_signing_key(tmp)
+
+
+def install_next_key(path: Path, *, retired_name: str) -> None:
+    """Keeps the old key (0600) under retired-keys/ and renames the prepared key over `path`.
+
+    A crash leaves either the old key or the new one at `path`, never none; the database already
+    names the new key current, and `check_host_key` finishes the job on the next start.
     """
-    old = load_signing_key(path)
     keep = retired_dir(path)
     keep.mkdir(mode=0o700, parents=True, exist_ok=True)
-    old_pem = old.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    fd = os.open(keep / retired_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(old_pem)
-    tmp = path.with_suffix(".new")
-    tmp.unlink(missing_ok=True)
-    new = create_signing_key(tmp)
-    os.replace(tmp, path)
-    return old, new
+    old_pem = load_signing_key(path).private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    target = keep / retired_name
+    if not target.exists():
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(old_pem)
+    os.replace(pending_key_path(path), path)
+
+
+def key_id_of(key: Ed25519PrivateKey, origin: str) -> str:
+    return NoteSigner(name=origin, private_key=key).verifier.key_id.hex()
+
+
+def check_host_key(path: Path, origin: str, current: str | None, retired_at: str | None = None) -> None:
+    """Makes sure this host signs with the log's current key (`current`, None for a new log).
+
+    Every host of a deployment must hold the same key: a host that made up its own would sign
+    checkpoints no verifier of this log accepts. A rotation interrupted after the database named the
+    new key is finished here.
+    """
+    if current is None:
+        ensure_signing_key(path)
+        return
+    if not path.exists():
+        raise ConfigurationError(
+            f"no signing key at {path}, and this log is already signed by key {current}: copy the key "
+            "file from a host of this deployment (or point LEDGER_SIGNING_KEY at it)"
+        )
+    here = key_id_of(load_signing_key(path), origin)
+    if here == current:
+        return
+    pending = pending_key_path(path)
+    if pending.exists() and key_id_of(load_signing_key(pending), origin) == current:
+        install_next_key(path, retired_name=f"{here}.pem")
+        log.warning("finished an interrupted key rotation: %s now holds key %s", path, current)
+        return
+    why = f" (key {here} was retired at {retired_at})" if retired_at else ""
+    raise ConfigurationError(
+        f"the signing key at {path} is key {here}, but this log's current key is {current}{why}: copy "
+        "the current key file from a host of this deployment (or point LEDGER_SIGNING_KEY at it)"
+    )
+
+
+class KeyFile:
+    """The signing key at `path`, loaded again when the file is replaced (`ledger keys rotate`).
+
+    Costs one stat() per use, so running workers and the scheduler pick up a rotation without a
+    restart.
+    """
+
+    def __init__(self, path: Path, origin: str) -> None:
+        self.path = path
+        self.origin = origin
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
+        self._signer: NoteSigner | None = None
+        self.current()
+
+    def current(self) -> NoteSigner:
+        try:
+            st = os.stat(self.path)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            if self._signer is None:
+                raise ConfigurationError(f"signing key {self.path} does not exist; run `ledger init`") from None
+            return self._signer  # mid-rename: keep signing with the key in hand
+        if stamp != self._stamp or self._signer is None:
+            with self._lock:
+                if stamp != self._stamp or self._signer is None:
+                    self._signer = NoteSigner(name=self.origin, private_key=load_signing_key(self.path))
+                    self._stamp = stamp
+        return self._signer
+
+    def __repr__(self) -> str:  # never show key material
+        return f"KeyFile({str(self.path)!r})"

@@ -13,14 +13,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import delete, select
 from sqlmodel import Session, col
 
-from ledger.errors import ConflictError, InvalidRequestError, NotFoundError
+from ledger.errors import ConflictError, InvalidRequestError, NotFoundError, StaleSigningKeyError
 from ledger.store.db import Database
-from ledger.store.models import EntryPayload, LogEntry, StoredCheckpoint, TreeNode
+from ledger.store.models import EntryPayload, LogEntry, SigningKey, StoredCheckpoint, TreeNode
 from ledger.store.sequencer import (
     AppendedEntry,
     AppendResult,
@@ -36,6 +36,12 @@ from ledger.tlog.note import Checkpoint, NoteSigner
 from ledger.tlog.tree import NodeId, ProofPlan, inclusion_ranges
 
 Projector = Callable[[Session, AppendResult], None]
+
+
+class SignerSource(Protocol):
+    """Hands out the signer to use now (a key file that may be rotated under a running process)."""
+
+    def current(self) -> NoteSigner: ...
 
 
 def utcnow() -> datetime:
@@ -112,12 +118,14 @@ class StoredEntry:
 class Ledger:
     """Appends, reads, proves and signs. One per process; thread-safe (state lives in the database)."""
 
-    def __init__(self, *, db: Database, signer: NoteSigner, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self, *, db: Database, signer: NoteSigner | SignerSource, clock: Callable[[], datetime] = utcnow
+    ) -> None:
         self.db = db
-        self.signer = signer
+        self._signer = signer
         self.clock = clock
         self._sequencer = Sequencer()
-        self._sign = lru_cache(maxsize=256)(self._sign_uncached)
+        self._sign_cached = lru_cache(maxsize=256)(self._sign_with)
         self._cv = threading.Condition()
         self._queue: list[_AppendRequest] = []
         self._leading = False
@@ -302,26 +310,57 @@ class Ledger:
 
     # --- checkpoints ---------------------------------------------------------------------------
 
-    def _sign_uncached(self, size: int, root: bytes) -> str:
-        return self.signer.sign_checkpoint(Checkpoint(self.signer.name, size, root))
+    @property
+    def signer(self) -> NoteSigner:
+        s = self._signer
+        return s if isinstance(s, NoteSigner) else s.current()
+
+    @staticmethod
+    def _sign_with(signer: NoteSigner, size: int, root: bytes) -> str:
+        return signer.sign_checkpoint(Checkpoint(signer.name, size, root))
+
+    def _sign(self, size: int, root: bytes) -> str:
+        return self._sign_cached(self.signer, size, root)
+
+    def require_current_key(self, session: Session, key_id: str) -> None:
+        """Refuses to sign with a key the log has retired, or with one it does not know while another
+        is current (a host that missed a rotation). A log with no registered key yet signs freely."""
+        rows = session.execute(
+            select(SigningKey.key_id, SigningKey.valid_until).where(  # type: ignore[call-overload]
+                (col(SigningKey.key_id) == key_id) | col(SigningKey.valid_until).is_(None)
+            )
+        ).all()
+        if not rows or any(k == key_id and until is None for k, until in rows):
+            return
+        current = next((k for k, until in rows if until is None), None)
+        raise StaleSigningKeyError(
+            f"this host signs with key {key_id}, but the log's current key is {current}: "
+            "install the current key file on this host",
+            key_id=key_id,
+            current=current,
+        )
 
     def checkpoint(self) -> SignedCheckpoint:
         """A signed checkpoint of the current tree."""
+        signer = self.signer
         with self.db.read() as session:
+            self.require_current_key(session, signer.verifier.key_id.hex())
             size = tree_size(session)
             root = root_at(session, size)
-        return SignedCheckpoint(size=size, root=root, note=self._sign(size, root))
+        return SignedCheckpoint(size=size, root=root, note=self._sign_cached(signer, size, root))
 
     def store_checkpoint(self) -> SignedCheckpoint | None:
         """Stores a signed checkpoint of the current tree unless one of that size is stored already."""
-        key_id = self.signer.verifier.key_id.hex()
+        signer = self.signer
+        key_id = signer.verifier.key_id.hex()
         with self.db.write() as session:
+            self.require_current_key(session, key_id)
             size = tree_size(session)
             exists = session.get(StoredCheckpoint, (size, key_id))
             if exists is not None:
                 return None
             root = root_at(session, size)
-            note = self._sign(size, root)
+            note = self._sign_cached(signer, size, root)
             session.add(StoredCheckpoint(size=size, key_id=key_id, note=note, created_at=self.clock()))
         return SignedCheckpoint(size=size, root=root, note=note)
 
