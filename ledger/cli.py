@@ -242,7 +242,7 @@ def rebuild() -> None:
 
     rt = build_runtime(_settings())
     try:
-        counts = rebuild_all(rt)
+        counts = rebuild_all(rt.db)
     finally:
         rt.close()
     click.echo("rebuilt: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -17,9 +17,9 @@ from ledger.governance import models as governance_models
 from ledger.governance.projection import project_governance
 from ledger.lineage import models as lineage_models
 from ledger.lineage.projection import project_lineage
-from ledger.runtime import Runtime
 from ledger.security import models as security_models
 from ledger.security.classification import project_classifications
+from ledger.store.db import Database
 from ledger.store.models import EntryPayload, LogEntry
 from ledger.store.sequencer import header_from_row
 from ledger.tlog.entry import EntryHeader
@@ -59,6 +59,8 @@ PROJECTIONS: list[tuple[str, list[type[SQLModel]], Replayer]] = [
     ),
 ]
 
+PROJECTION_TABLES: list[str] = [t.__tablename__ for _, tables, _ in PROJECTIONS for t in tables]  # type: ignore[attr-defined]
+
 CHUNK = 2000
 
 
@@ -67,33 +69,40 @@ def project_all(session: Session, entries: list[tuple[EntryHeader, Any]]) -> Non
         apply(session, entries)
 
 
-def rebuild_all(rt: Runtime) -> dict[str, int]:
-    """Drops every projection and replays the whole log, under the sequencer lock (no appends meanwhile)."""
+def replay_projections(session: Session, *, is_sqlite: bool) -> int:
+    """Empties every projection and replays the log into it, inside the caller's write transaction
+    (under the sequencer lock: no append interleaves). Erased entries replay as nothing, so what an
+    erasure removed from the log is gone from every read too. Returns the number of entries read."""
     replayed = 0
-    with rt.db.write() as session:
-        names = [t.__tablename__ for _, tables, _ in PROJECTIONS for t in tables]  # type: ignore[attr-defined]
-        if rt.db.is_sqlite:
-            for name in names:  # without AUTOINCREMENT, SQLite restarts ids at 1 on an empty table
-                session.execute(text(f"DELETE FROM {name}"))  # noqa: S608  (our own table names)
-        else:  # restart the id sequences too, so that a rebuild reproduces every row exactly
-            session.execute(text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY"))
-        after = -1
-        while True:
-            q = (
-                select(LogEntry, EntryPayload.payload)
-                .join(EntryPayload, EntryPayload.seq == LogEntry.seq, isouter=True)  # type: ignore[arg-type]
-                .where(LogEntry.seq > after)  # type: ignore[operator]
-                .order_by(LogEntry.seq)  # type: ignore[arg-type]
-                .limit(CHUNK)
-            )
-            rows = session.execute(q).all()
-            if not rows:
-                break
-            entries = [(header_from_row(e), json.loads(p) if p is not None else None) for e, p in rows]
-            project_all(session, entries)
-            replayed += len(entries)
-            after = rows[-1][0].seq
-    if not rt.db.is_sqlite:  # fresh statistics, or the planner may scan the rebuilt tables
-        with rt.db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text(f"ANALYZE {', '.join(names)}"))
+    if is_sqlite:
+        for name in PROJECTION_TABLES:  # without AUTOINCREMENT, SQLite restarts ids at 1 on an empty table
+            session.execute(text(f"DELETE FROM {name}"))  # noqa: S608  (our own table names)
+    else:  # restart the id sequences too, so that a rebuild reproduces every row exactly
+        session.execute(text(f"TRUNCATE {', '.join(PROJECTION_TABLES)} RESTART IDENTITY"))
+    after = -1
+    while True:
+        q = (
+            select(LogEntry, EntryPayload.payload)
+            .join(EntryPayload, EntryPayload.seq == LogEntry.seq, isouter=True)  # type: ignore[arg-type]
+            .where(LogEntry.seq > after)  # type: ignore[operator]
+            .order_by(LogEntry.seq)  # type: ignore[arg-type]
+            .limit(CHUNK)
+        )
+        rows = session.execute(q).all()
+        if not rows:
+            break
+        entries = [(header_from_row(e), json.loads(p) if p is not None else None) for e, p in rows]
+        project_all(session, entries)
+        replayed += len(entries)
+        after = rows[-1][0].seq
+    return replayed
+
+
+def rebuild_all(db: Database) -> dict[str, int]:
+    """`ledger rebuild`: drops every projection and replays the whole log, under the sequencer lock."""
+    with db.write() as session:
+        replayed = replay_projections(session, is_sqlite=db.is_sqlite)
+    if not db.is_sqlite:  # fresh statistics, or the planner may scan the rebuilt tables
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f"ANALYZE {', '.join(PROJECTION_TABLES)}"))
     return {"entries replayed": replayed}

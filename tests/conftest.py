@@ -276,3 +276,23 @@ def server(tmp_path: Path, database_url: str) -> Iterator[Server]:
         yield srv
     finally:
         stop_server(srv)
+
+
+def projection_snapshot(runtime: Any) -> dict[str, list[Any]]:
+    """Every projection table's rows, comparable across a rebuild (JSON columns by value)."""
+    import json
+
+    from sqlalchemy import select
+
+    from ledger.projections import PROJECTIONS
+
+    out: dict[str, list[Any]] = {}
+    with runtime.db.read() as s:
+        for _, tables, _ in PROJECTIONS:
+            for t in tables:
+                rows = s.execute(select(t)).scalars().all()
+                cols = [c.name for c in t.__table__.columns]
+                out[t.__tablename__] = sorted(
+                    tuple(json.dumps(getattr(r, c), sort_keys=True, default=str) for c in cols) for r in rows
+                )
+    return out

@@ -157,7 +157,7 @@ def test_rebuild_reproduces_classification(client, tokens, runtime, pipeline_run
         n: _tags(client, tokens.security, *n)
         for n in (("s3://clean", "customers"), ("s3://features", "churn"), ("s3://models", "churn"))
     }
-    rebuild_all(runtime)
+    rebuild_all(runtime.db)
     after = {n: _tags(client, tokens.security, *n) for n in before}
     assert (
         after

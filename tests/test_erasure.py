@@ -94,4 +94,66 @@ def test_bundle_with_an_erased_entry_still_verifies(client, tokens, runtime) -> 
     bundle = client.get("/api/v1/provenance/models/churn/versions/3/bundle", headers=auth(tokens.auditor)).get_json()
     erased = [e for e in bundle["entries"] if e["erased"]]
     assert {e["header"]["seq"] for e in erased} == {run_entry, v["receipt"]["seq"]}
+    # The report names each erasure (when, by whom, why); the erased validation no longer counts.
+    report = bundle["report"]
+    assert [(e["seq"], e["kind"], e["erased_by"], e["reason"]) for e in report["erasures"]] == [
+        (run_entry, "openlineage.run_event", "sec", "test"),
+        (v["receipt"]["seq"], "validation.result", "sec", "test"),
+    ]
+    records = {e["erasure_seq"] for e in report["erasures"]}
+    assert records <= set(report["entries"]) and None not in records
+    assert report["validations"] == []
+    assert "no performance validation" in " ".join(report["verdicts"]["verifiable"]["missing"])
     assert "3 entries" not in verify_bundle(bundle, runtime.ledger.signer.verifier.line())
+
+
+def test_erased_content_leaves_every_read_and_rebuild_agrees(client, tokens, runtime) -> None:
+    """What an erasure removes from the log is gone from the projections too (dataset, job and run
+    reads), and `ledger rebuild` afterwards reproduces exactly the state the erasure left."""
+    from conftest import projection_snapshot
+    from events import dataset
+
+    from ledger.projections import rebuild_all
+
+    secret = "SELECT * FROM patients WHERE ssn = '078-05-1120'"
+    run_id = "0192b6a1-3c4d-7e8f-9a0b-1c2d3e4f5a6b"
+    base = {"run_id": run_id, "namespace": "etl", "job": "load_patients"}
+    start = run_event(
+        **base,
+        event_type="START",
+        job_facets={"sql": {"_producer": "p", "_schemaURL": "s", "query": secret}},
+        outputs=[dataset("s3://lake", "patients", description={"_producer": "p", "_schemaURL": "s", "note": secret})],
+    )
+    done = run_event(**base, outputs=[dataset("s3://lake", "patients")])
+    seqs = []
+    for ev in (start, done):
+        r = client.post("/api/v1/lineage", json=ev, headers=auth(tokens.pipeline))
+        assert r.status_code == 201
+        seqs.append(r.get_json()["receipt"]["seq"])
+
+    reads = (
+        "/api/v1/namespaces/etl/jobs/load_patients",
+        "/api/v1/namespaces/s3%3A%2F%2Flake/datasets/patients",
+        f"/api/v1/jobs/runs/{run_id}",
+    )
+
+    def served() -> str:
+        out = []
+        for path in reads:
+            r = client.get(path, headers=auth(tokens.auditor))
+            assert r.status_code == 200, (path, r.get_json())
+            out.append(r.get_data(as_text=True))
+        return "\n".join(out)
+
+    assert secret in served()
+    r = client.post(f"/api/v1/log/entries/{seqs[0]}/erasure", json={"reason": "GDPR"}, headers=auth(tokens.security))
+    assert r.status_code == 201
+    after = served()
+    assert secret not in after and "078-05-1120" not in after
+    run = client.get(f"/api/v1/jobs/runs/{run_id}", headers=auth(tokens.auditor)).get_json()
+    assert run["state"] == "COMPLETE"  # what the remaining event says still stands
+
+    state = projection_snapshot(runtime)
+    assert "078-05-1120" not in repr(state)
+    rebuild_all(runtime.db)
+    assert projection_snapshot(runtime) == state

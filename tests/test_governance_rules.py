@@ -3,7 +3,6 @@ policy bundle recording and fail-closed loading, dry runs, and `ledger rebuild`.
 
 from __future__ import annotations
 
-import json
 import shutil
 import uuid
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 import pytest
 from conftest import REPO, auth, make_settings
 from pipeline import build_pipeline, registration, validation
-from sqlalchemy import select, text
+from sqlalchemy import text
 
 from ledger.errors import PolicyError
 from ledger.runtime import build_runtime, initialise
@@ -253,34 +252,23 @@ def test_a_broken_policy_stops_start_up(tmp_path: Path, source: str, message: st
 
 
 def test_rebuild_reproduces_every_projection(client, tokens, runtime, trained) -> None:
-    from ledger.projections import PROJECTIONS, rebuild_all
+    from conftest import projection_snapshot
+
+    from ledger.projections import rebuild_all
 
     client.post(BASE, json=registration(trained["train"]), headers=auth(tokens.pipeline))
     client.post(f"{BASE}/3/validations", json=validation("performance"), headers=auth(tokens.pipeline))
     client.post(f"{BASE}/3/approvals", json={"stage": "production"}, headers=auth(tokens.approver))
     client.post(f"{BASE}/3/promotions", json={"stage": "production"}, headers=auth(tokens.pipeline))
 
-    def snapshot() -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {}
-        with runtime.db.read() as s:
-            for _, tables, _ in PROJECTIONS:
-                for t in tables:
-                    rows = s.execute(select(t)).scalars().all()
-                    cols = [c.name for c in t.__table__.columns]  # type: ignore[attr-defined]
-                    # JSON columns compare by value: key order is not state
-                    out[t.__tablename__] = sorted(
-                        tuple(json.dumps(getattr(r, c), sort_keys=True, default=str) for c in cols) for r in rows
-                    )
-        return out
-
-    before = snapshot()
+    before = projection_snapshot(runtime)
     assert before["lineage_runs"] and before["gov_decisions"]
     with runtime.db.engine.begin() as c:  # damage a projection: rebuild must repair it
         c.execute(text("DELETE FROM lineage_job_datasets"))
         c.execute(text("UPDATE gov_model_versions SET artifact_uri = 'tampered'"))
-    assert snapshot() != before
-    counts = rebuild_all(runtime)
+    assert projection_snapshot(runtime) != before
+    counts = rebuild_all(runtime.db)
     assert counts["entries replayed"] == runtime.ledger.size()
-    after = snapshot()
+    after = projection_snapshot(runtime)
     for table in before:
         assert after[table] == before[table], table

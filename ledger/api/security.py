@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from flask import Response, current_app, jsonify
 from flask_smorest import Blueprint
 from marshmallow import RAISE, Schema, fields, validate
@@ -12,6 +14,7 @@ from ledger.api.governance_schemas import DatasetRefSchema, load
 from ledger.api.lineage import receipt_json
 from ledger.api.params import MAX_INT
 from ledger.errors import InvalidRequestError
+from ledger.projections import replay_projections
 from ledger.security.classification import classify
 from ledger.store.ledger import Ledger
 
@@ -76,7 +79,12 @@ def erase(seq: int) -> tuple[Response, int]:
     _check_seq(seq)
     body = load(ErasureSchema(), json_body())
     ledger: Ledger = current_app.extensions["ledger.ledger"]
-    receipt = ledger.erase(seq, reason=body["reason"], principal=current_principal().name)
+    receipt = ledger.erase(
+        seq,
+        reason=body["reason"],
+        principal=current_principal().name,
+        reproject=partial(replay_projections, is_sqlite=ledger.db.is_sqlite),
+    )
     return jsonify({"receipt": receipt_json(receipt), "erased": seq}), 201
 
 

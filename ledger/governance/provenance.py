@@ -6,6 +6,7 @@ the entry it comes from, so a bundle can prove each one.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ from sqlmodel import Session
 
 from ledger.governance.models import Approval, Deployment, ModelVersion, PromotionDecision, Validation
 from ledger.lineage.models import Dataset, DatasetVersion, Job, Run, RunDataset
+from ledger.store.models import EntryPayload, LogEntry
 from ledger.tlog.entry import DIGEST_RE, parse_time
 
 MAX_CLOSURE_RUNS = 10_000
@@ -201,13 +203,23 @@ def run_summary(run: Run, job: Job | None) -> dict[str, Any]:
     }
 
 
-def verdicts(recs: ModelRecords, closure: Closure, log_size: int, cited: list[int]) -> dict[str, Any]:
+def verdicts(
+    recs: ModelRecords,
+    closure: Closure,
+    log_size: int,
+    cited: list[int],
+    erasures: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     mv = recs.mv
     run = closure.runs.get(mv.training_run_id)
+    gone = [str(e["seq"]) for e in erasures or [] if e["subject"] == f"run:{mv.training_run_id}"]
+    unrecorded = f"training run {mv.training_run_id} is not recorded" + (
+        f" (its entries {', '.join(gone)} were erased)" if gone else ""
+    )
     # reproducible (DESIGN.md 4.2)
     repro: list[str] = []
     if run is None:
-        repro.append(f"training run {mv.training_run_id} is not recorded")
+        repro.append(unrecorded)
     else:
         if run.state != "COMPLETE":
             repro.append(f"training run {run.run_id} is {run.state}, not COMPLETE")
@@ -225,7 +237,7 @@ def verdicts(recs: ModelRecords, closure: Closure, log_size: int, cited: list[in
     # traceable
     trace: list[str] = []
     if run is None:
-        trace.append(f"training run {mv.training_run_id} is not recorded")
+        trace.append(unrecorded)
     for up in sorted(closure.datasets.values(), key=lambda u: (u.key(), u.version or "")):
         if up.dataset.source:
             continue
@@ -332,17 +344,61 @@ def cited_entries(recs: ModelRecords, closure: Closure, tags: ClosureTags | None
     return sorted(seqs)
 
 
+def erasures_about(session: Session, mv: ModelVersion, closure: Closure) -> list[dict[str, Any]]:
+    """Erased entries about this model version, its training run or the runs, jobs and datasets of its
+    closure, each with the `payload.erasure` entry that removed it: what an erasure took out of the
+    report stays visible as a fact (header, time, reason), only its content is gone."""
+    subjects = {f"model:{mv.name}@{mv.version}", f"run:{mv.training_run_id}"}
+    subjects.update(f"run:{rid}" for rid in closure.runs)
+    subjects.update(f"job:{j.namespace}:{j.name}" for j in closure.jobs.values())
+    subjects.update(f"dataset:{u.dataset.namespace}:{u.dataset.name}" for u in closure.datasets.values())
+    erased = session.execute(
+        select(LogEntry.seq, LogEntry.kind, LogEntry.subject)  # type: ignore[call-overload]
+        .join(EntryPayload, EntryPayload.seq == LogEntry.seq, isouter=True)
+        .where(LogEntry.subject.in_(sorted(subjects)), EntryPayload.seq.is_(None))
+        .order_by(LogEntry.seq)
+    ).all()
+    if not erased:
+        return []
+    records = session.execute(
+        select(LogEntry.seq, LogEntry.subject, LogEntry.principal, LogEntry.integrated_time, EntryPayload.payload)  # type: ignore[call-overload]
+        .join(EntryPayload, EntryPayload.seq == LogEntry.seq, isouter=True)
+        .where(LogEntry.kind == "payload.erasure", LogEntry.subject.in_([f"entry:{r.seq}" for r in erased]))
+    ).all()
+    by_target = {r.subject: r for r in records}
+    out = []
+    for r in erased:
+        rec = by_target.get(f"entry:{r.seq}")
+        reason = json.loads(rec.payload).get("reason") if rec is not None and rec.payload is not None else None
+        out.append(
+            {
+                "seq": r.seq,
+                "kind": r.kind,
+                "subject": r.subject,
+                "erasure_seq": rec.seq if rec is not None else None,
+                "erased_by": rec.principal if rec is not None else None,
+                "erased_at": rec.integrated_time if rec is not None else None,
+                "reason": reason,
+            }
+        )
+    return out
+
+
 def provenance_report(
     session: Session, mv: ModelVersion, log_size: int, classifications: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
     recs = model_records(session, mv)
     closure = upstream_closure(session, mv.training_run_id)
     tags = closure_tags(session, closure)
-    cited = cited_entries(recs, closure, tags)
+    erasures = erasures_about(session, mv, closure)
+    cited = sorted(
+        {*cited_entries(recs, closure, tags), *(e["seq"] for e in erasures)}
+        | {e["erasure_seq"] for e in erasures if e["erasure_seq"] is not None}
+    )
     model_tags = sorted({t for u in closure.datasets.values() for t in tags.of(u.dataset.id)[0]})
     return {
         "model": {**model_json(mv), "tags": model_tags},
-        "verdicts": verdicts(recs, closure, log_size, cited),
+        "verdicts": verdicts(recs, closure, log_size, cited, erasures),
         "upstream": {
             "runs": [
                 run_summary(r, closure.jobs.get(r.job_id))
@@ -361,6 +417,7 @@ def provenance_report(
         "decisions": [decision_json(d) for d in recs.decisions],
         "deployments": [deployment_json(d) for d in recs.deployments],
         "classifications": classifications_json(closure, tags) + list(classifications or []),
+        "erasures": erasures,
         "entries": cited,
     }
 

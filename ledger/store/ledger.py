@@ -150,11 +150,14 @@ class Ledger:
         what the log holds at that moment: a policy decision, say, must see the state it decides on."""
         return self._submit(_AppendRequest([], project, build, flush_first))
 
-    def erase(self, seq: int, *, reason: str, principal: str) -> Receipt:
+    def erase(
+        self, seq: int, *, reason: str, principal: str, reproject: Callable[[Session], None] | None = None
+    ) -> Receipt:
         """Removes an entry's payload and salt, recording a `payload.erasure` entry first.
 
         The header (the Merkle leaf) stays, so every proof and checkpoint still holds; the database
         lets the payload row go only once the erasure entry is in the log (see the 0001 migration).
+        `reproject` then rebuilds whatever was derived from the payload, in the same transaction.
         """
 
         def build(session: Session) -> PendingEntry:
@@ -174,6 +177,8 @@ class Ledger:
 
         def project(session: Session, result: AppendResult) -> None:
             session.execute(delete(EntryPayload).where(col(EntryPayload.seq) == seq))
+            if reproject is not None:
+                reproject(session)
 
         _, receipts = self.append_built(build, project=project, flush_first=True)
         return receipts[0]
