@@ -215,7 +215,8 @@ def _verify_url(url: str, vkey: str, token: str | None) -> None:
     rate = report.size / dt if dt > 0 else 0.0
     click.echo(
         f"OK: {report.size} entries verified against a checkpoint signed by {report.origin} "
-        f"(root {report.root.hex()}; {report.erased} erased payloads) in {dt:.2f} s, {rate:,.0f} entries/s"
+        f"(root {report.root.hex()}; {report.erased} payloads not served: erased, or withheld from this token) "
+        f"in {dt:.2f} s, {rate:,.0f} entries/s"
     )
 
 

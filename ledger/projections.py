@@ -16,6 +16,7 @@ from sqlmodel import Session, SQLModel
 from ledger.governance import models as governance_models
 from ledger.governance.projection import project_governance
 from ledger.lineage import models as lineage_models
+from ledger.lineage.events import LINEAGE_KINDS
 from ledger.lineage.projection import project_lineage
 from ledger.security import models as security_models
 from ledger.security.classification import project_classifications
@@ -61,26 +62,61 @@ PROJECTIONS: list[tuple[str, list[type[SQLModel]], Replayer]] = [
 
 PROJECTION_TABLES: list[str] = [t.__tablename__ for _, tables, _ in PROJECTIONS for t in tables]  # type: ignore[attr-defined]
 
+# Projections that must be replayed together, and the entry kinds they read. The lineage projector
+# also writes the classification tables (declared tags, propagation along new edges), and
+# classification rows point at lineage dataset ids, so those two go as one; governance stands alone.
+GROUPS: list[tuple[frozenset[str], frozenset[str]]] = [
+    (frozenset({"lineage", "classification"}), frozenset({*LINEAGE_KINDS, "dataset.classification"})),
+    (
+        frozenset({"governance"}),
+        frozenset({"model.version", "validation.result", "approval", "promotion.decision", "deployment"}),
+    ),
+]
+
+
+def affected_by(kind: str) -> frozenset[str]:
+    """The projections an entry of `kind` feeds (what erasing its payload must replay)."""
+    return frozenset().union(*(names for names, kinds in GROUPS if kind in kinds))
+
+
 CHUNK = 2000
 
 
-def project_all(session: Session, entries: list[tuple[EntryHeader, Any]]) -> None:
-    for _, _, apply in PROJECTIONS:
-        apply(session, entries)
+def project_all(session: Session, entries: list[tuple[EntryHeader, Any]], only: frozenset[str] | None = None) -> None:
+    for name, _, apply in PROJECTIONS:
+        if only is None or name in only:
+            apply(session, entries)
 
 
-def replay_projections(session: Session, *, is_sqlite: bool) -> int:
-    """Empties every projection and replays the log into it, inside the caller's write transaction
-    (under the sequencer lock: no append interleaves). Erased entries replay as nothing, so what an
-    erasure removed from the log is gone from every read too. Returns the number of entries read."""
+def replay_projections(session: Session, *, is_sqlite: bool, only: frozenset[str] | None = None) -> int:
+    """Empties the projections (all, or those named in `only`) and replays the log into them, inside
+    the caller's write transaction (under the sequencer lock: no append interleaves). Erased entries
+    replay as nothing, so what an erasure removed from the log is gone from every read too. Returns
+    the number of entries read."""
+    if only is not None and not only:
+        return 0
+    tables = [
+        t.__tablename__  # type: ignore[attr-defined]
+        for name, group, _ in PROJECTIONS
+        if only is None or name in only
+        for t in group
+    ]
+    kinds = sorted({k for names, ks in GROUPS if only is None or names & only for k in ks})
     replayed = 0
     if is_sqlite:
-        for name in PROJECTION_TABLES:  # without AUTOINCREMENT, SQLite restarts ids at 1 on an empty table
+        for name in tables:  # without AUTOINCREMENT, SQLite restarts ids at 1 on an empty table
             session.execute(text(f"DELETE FROM {name}"))  # noqa: S608  (our own table names)
     else:  # restart the id sequences too, so that a rebuild reproduces every row exactly
-        session.execute(text(f"TRUNCATE {', '.join(PROJECTION_TABLES)} RESTART IDENTITY"))
+        session.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY"))
     after = -1
+    analyze_at = CHUNK
     while True:
+        if not is_sqlite and replayed >= analyze_at:
+            # The emptied tables refill inside this transaction, and the planner, which believes them
+            # empty, would scan them on every lookup (quadratic). ANALYZE sees this transaction's
+            # rows; at doubling sizes it costs O(n) over the whole replay.
+            session.execute(text(f"ANALYZE {', '.join(tables)}"))
+            analyze_at *= 2
         q = (
             select(LogEntry, EntryPayload.payload)
             .join(EntryPayload, EntryPayload.seq == LogEntry.seq, isouter=True)  # type: ignore[arg-type]
@@ -88,11 +124,13 @@ def replay_projections(session: Session, *, is_sqlite: bool) -> int:
             .order_by(LogEntry.seq)  # type: ignore[arg-type]
             .limit(CHUNK)
         )
+        if only is not None:
+            q = q.where(LogEntry.kind.in_(kinds))  # type: ignore[attr-defined]
         rows = session.execute(q).all()
         if not rows:
             break
         entries = [(header_from_row(e), json.loads(p) if p is not None else None) for e, p in rows]
-        project_all(session, entries)
+        project_all(session, entries, only)
         replayed += len(entries)
         after = rows[-1][0].seq
     return replayed

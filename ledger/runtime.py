@@ -85,7 +85,7 @@ def build_runtime(settings: Settings) -> Runtime:
         ledger=ledger,
         principals=principals,
         keyring=Keyring(db, ledger),
-        intake=LineageIntake(ledger, project=lineage_projector, screen=intake_screen(ledger, policy)),
+        intake=LineageIntake(ledger, project=lineage_projector, screen=intake_screen(policy)),
         policy=policy,
         governance=governance,
         access=AccessService(ledger, policy, principals, settings.allowed_purposes),

@@ -117,6 +117,78 @@ def test_redaction_for_principals_without_clearance(client, tokens, runtime, pip
     assert "schema" not in node["data"]["facets"]
 
 
+def test_unknown_and_content_facets_are_withheld_structure_facets_shown(client, tokens, runtime, pipeline_runs) -> None:
+    """Redaction keeps a short list of structural facets and withholds everything else, custom ones too."""
+    _classify(client, tokens.security, "s3://clean", "customers", ["pii"])
+    _, uncleared = runtime.principals.create("analyst", roles=["auditor"])
+    facets = {
+        "schema": {"fields": [{"name": "email", "type": "string"}]},
+        "documentation": {"description": "one row per customer, e.g. jane@example.com"},
+        "subset": {"inputCondition": {"type": "partition", "partitions": [{"identifier": "jane@example.com"}]}},
+        "acme_sampleRows": {"rows": [["jane@example.com"]]},
+        "storage": {"storageLayer": "iceberg", "fileFormat": "parquet"},
+        "ownership": {"owners": [{"name": "team:crm"}]},
+    }
+    event = dataset_event("s3://clean", "customers", **facets)
+    assert client.post("/api/v1/lineage", json=event, headers=auth(tokens.pipeline)).status_code == 201
+    seen = client.get("/api/v1/namespaces/s3://clean/datasets/customers", headers=auth(uncleared)).get_json()
+    assert "jane@example.com" not in str(seen)
+    assert {"storage", "ownership"} <= set(seen["facets"])
+    assert {"schema", "documentation", "subset", "acme_sampleRows"} <= set(seen["facets"]["redacted"]["facets"])
+
+
+def test_log_payloads_follow_scope_and_clearance(client, tokens, runtime, pipeline_runs) -> None:
+    """The raw log is no way around redaction: every header and proof is served to every principal,
+    but a payload naming pii data is withheld from the uncleared, and a scoped pipeline reads only
+    the payloads of its own namespaces. What is served still verifies; bundles follow the same rule."""
+    import json
+
+    from ledger.tlog.entry import EntryHeader, canonical_json, check_payload
+
+    _classify(client, tokens.security, "s3://raw", "customers", ["pii"])  # flows down to the model
+    client.post(BASE, json=registration(pipeline_runs["train"]), headers=auth(tokens.pipeline))
+    _, uncleared = runtime.principals.create("analyst", roles=["auditor"])
+    _, cleared = runtime.principals.create("dpo", roles=["auditor"], clearances=["pii"])
+    _, scoped = runtime.principals.create("ml-team", roles=["pipeline"], namespaces=["ml"], clearances=["pii"])
+
+    def page(token: str) -> dict[int, dict[str, Any]]:
+        r = client.get("/api/v1/log/entries?limit=1000", headers=auth(token))
+        assert r.status_code == 200
+        return {e["header"]["seq"]: e for e in r.get_json()["entries"]}
+
+    full, hidden, mine = page(cleared), page(uncleared), page(scoped)
+    assert full.keys() == hidden.keys() == mine.keys()  # every header, for everyone
+    lineage = [s for s, e in full.items() if e["header"]["kind"].startswith("openlineage.")]
+    assert lineage and all(full[s]["payload"] is not None for s in lineage)
+    # Uncleared: every lineage event naming a pii dataset is withheld (raw, clean, features, train).
+    withheld = {s for s, e in hidden.items() if e.get("withheld")}
+    assert withheld and withheld <= set(lineage)
+    for s in withheld:
+        assert hidden[s]["payload"] is None and hidden[s]["salt"] is None and hidden[s]["erased"] is False
+        assert "pii" in hidden[s]["withheld"] and hidden[s]["header"] == full[s]["header"]
+    for e in hidden.values():
+        if e["payload"] is not None:  # what is served verifies
+            check_payload(EntryHeader.from_json(e["header"]), bytes.fromhex(e["salt"]), canonical_json(e["payload"]))
+    one = next(iter(withheld))
+    assert client.get(f"/api/v1/log/entries/{one}", headers=auth(uncleared)).get_json()["payload"] is None
+    assert client.get(f"/api/v1/log/entries/{one}", headers=auth(cleared)).get_json()["payload"] is not None
+    # Scoped to `ml`: only the training job's events (namespace ml) keep their payloads.
+    served = {s for s in lineage if mine[s]["payload"] is not None}
+    assert served and all(mine[s]["payload"]["job"]["namespace"] == "ml" for s in served)
+    assert all("namespace" in mine[s]["withheld"] for s in set(lineage) - served)
+    # The export behind `ledger verify --url`: withheld payloads read as "-".
+    lines = client.get("/api/v1/log/export", headers=auth(uncleared)).get_data().splitlines()
+    for line in lines:
+        seq = json.loads(line.split(b"\t")[1])["seq"]
+        assert (line.split(b"\t")[3] == b"-") == (seq in withheld or full[seq]["erased"])
+    # Bundles: withheld entries still prove their headers; the bundle verifies offline.
+    bundle = client.get("/api/v1/provenance/models/churn/versions/3/bundle", headers=auth(uncleared)).get_json()
+    assert any(e.get("withheld") for e in bundle["entries"])
+    verify_bundle(bundle, runtime.ledger.signer.verifier.line())
+    full_bundle = client.get("/api/v1/provenance/models/churn/versions/3/bundle", headers=auth(cleared)).get_json()
+    assert not any(e.get("withheld") for e in full_bundle["entries"])
+
+
 def test_pipeline_declared_pii_needs_an_approved_classification(client, tokens, runtime, pipeline_runs) -> None:
     # The pipeline itself tags the raw data as pii (OpenLineage `tags` facet): not yet reviewed.
     client.post(

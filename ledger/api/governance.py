@@ -29,6 +29,7 @@ from ledger.governance.projection import require_version
 from ledger.governance.provenance import promotion_input
 from ledger.governance.service import GovernanceService
 from ledger.runtime import Runtime
+from ledger.security.visibility import PayloadGate
 from ledger.tlog.entry import format_time
 
 blp = Blueprint("governance", __name__, url_prefix="/api/v1", description="Model governance and provenance")
@@ -166,7 +167,12 @@ def provenance(name: str, version: str) -> Response:
 @requires(*READ)
 def bundle(name: str, version: str) -> Response:
     """A self-contained audit bundle; `ledger verify BUNDLE --key VKEY` checks it offline."""
-    return jsonify(_gov().bundle(_name(name), version))
+    doc = _gov().bundle(_name(name), version)
+    gate = PayloadGate(current_principal())
+    if not gate.open:
+        with _rt().db.statement() as conn:
+            gate.withhold(conn, doc["entries"])
+    return jsonify(doc)
 
 
 @blp.route("/policies", methods=["GET"])

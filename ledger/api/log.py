@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from flask import Response, current_app, jsonify, stream_with_context
 from flask_smorest import Blueprint
 
-from ledger.api.auth import requires
+from ledger.api.auth import current_principal, requires
 from ledger.api.params import int_arg, int_value, str_arg
 from ledger.api.schemas import (
     ConsistencyProofSchema,
@@ -18,6 +19,7 @@ from ledger.api.schemas import (
     ProblemSchema,
 )
 from ledger.errors import InvalidRequestError
+from ledger.security.visibility import PayloadGate
 from ledger.store.export import export_lines
 from ledger.store.ledger import Ledger
 from ledger.tlog.entry import KINDS
@@ -67,7 +69,7 @@ def keys() -> dict[str, object]:
 @requires()
 def entry(seq: str) -> Response:
     """One entry: header, payload and salt (null once erased), leaf hash."""
-    return jsonify(_ledger().entry(int_value("seq", seq, what="path parameter")).to_json())
+    return jsonify(_visible([_ledger().entry(int_value("seq", seq, what="path parameter")).to_json()])[0])
 
 
 @blp.route("/entries", methods=["GET"])
@@ -92,7 +94,7 @@ def entries() -> Response:
     rows = _ledger().entries(kind=kind, subject=str_arg("subject"), after=after, limit=limit)
     return jsonify(
         {
-            "entries": [r.to_json() for r in rows],
+            "entries": _visible([r.to_json() for r in rows]),
             "next_after": rows[-1].header.seq if len(rows) == limit else None,
         }
     )
@@ -115,10 +117,21 @@ def export() -> Response:
     if start > end:
         raise InvalidRequestError(f"start={start} is larger than end={end}", field="start")
 
+    gate = PayloadGate(current_principal())
+
     def generate() -> Iterator[bytes]:
-        yield from export_lines(ledger.db, start, end)
+        yield from export_lines(ledger.db, start, end, gate=None if gate.open else gate)
 
     return Response(stream_with_context(generate()), mimetype="text/tab-separated-values")
+
+
+def _visible(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Entry JSON with the payloads this principal may not read withheld (see ledger.security.visibility)."""
+    gate = PayloadGate(current_principal())
+    if not gate.open:
+        with _ledger().db.statement() as conn:
+            gate.withhold(conn, entries)
+    return entries
 
 
 @blp.route("/proof/inclusion", methods=["GET"])

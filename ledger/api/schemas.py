@@ -58,6 +58,7 @@ class EntrySchema(Schema):
     salt = fields.String(allow_none=True, required=True)
     leaf_hash = fields.String(required=True)
     erased = fields.Boolean(required=True)
+    withheld = fields.String(metadata={"description": "why the payload is not served to this principal"})
 
 
 class EntryPageSchema(Schema):

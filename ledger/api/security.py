@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 from flask import Response, current_app, jsonify
 from flask_smorest import Blueprint
 from marshmallow import RAISE, Schema, fields, validate
@@ -14,7 +12,7 @@ from ledger.api.governance_schemas import DatasetRefSchema, load
 from ledger.api.lineage import receipt_json
 from ledger.api.params import MAX_INT
 from ledger.errors import InvalidRequestError
-from ledger.projections import replay_projections
+from ledger.projections import affected_by, replay_projections
 from ledger.security.classification import classify
 from ledger.store.ledger import Ledger
 
@@ -83,7 +81,9 @@ def erase(seq: int) -> tuple[Response, int]:
         seq,
         reason=body["reason"],
         principal=current_principal().name,
-        reproject=partial(replay_projections, is_sqlite=ledger.db.is_sqlite),
+        reproject=lambda session, kind: replay_projections(
+            session, is_sqlite=ledger.db.is_sqlite, only=affected_by(kind)
+        ),
     )
     return jsonify({"receipt": receipt_json(receipt), "erased": seq}), 201
 

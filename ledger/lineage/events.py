@@ -191,6 +191,9 @@ _SCHEMAS = {
 }
 
 
+LINEAGE_KINDS = frozenset(_SCHEMAS)  # the entry kinds of OpenLineage events
+
+
 @dataclass(frozen=True)
 class ValidatedEvent:
     """An accepted event, its entry kind and subject, and the namespaces it writes to."""
@@ -256,6 +259,30 @@ def classify(event: Any) -> str:
     )
 
 
+def written_namespaces(kind: str, event: dict[str, Any]) -> frozenset[str]:
+    """The namespaces an event writes to: its job's (run and job events) or its dataset's."""
+    owner = event.get("dataset") if kind == "openlineage.dataset_event" else event.get("job")
+    ns = owner.get("namespace") if isinstance(owner, dict) else None
+    return frozenset({ns}) if isinstance(ns, str) else frozenset()
+
+
+def mentioned_datasets(kind: str, event: dict[str, Any]) -> set[tuple[str, str]]:
+    """Every dataset (namespace, name) an event names: inputs, outputs, or its one dataset."""
+    refs = (
+        [event.get("dataset")]
+        if kind == "openlineage.dataset_event"
+        else [
+            *(event.get("inputs") or []),
+            *(event.get("outputs") or []),
+        ]
+    )
+    return {
+        (d["namespace"], d["name"])
+        for d in refs
+        if isinstance(d, dict) and isinstance(d.get("namespace"), str) and isinstance(d.get("name"), str)
+    }
+
+
 def validate_event(event: Any) -> ValidatedEvent:
     """Validates one event; raises `InvalidEventError` naming every offending field."""
     kind = classify(event)
@@ -284,19 +311,16 @@ def validate_event(event: Any) -> ValidatedEvent:
         raise InvalidEventError(f"{nul}: the character U+0000 is not accepted in events", field=nul)
     if kind == "openlineage.run_event":
         subject = f"run:{str(event['run']['runId']).lower()}"
-        namespaces = {event["job"]["namespace"]}
     elif kind == "openlineage.dataset_event":
         ds = event["dataset"]
         subject = f"dataset:{ds['namespace']}:{ds['name']}"
-        namespaces = {ds["namespace"]}
     else:
         subject = f"job:{event['job']['namespace']}:{event['job']['name']}"
-        namespaces = {event["job"]["namespace"]}
     return ValidatedEvent(
         kind=kind,
         subject=subject,
         event=event,
-        namespaces=frozenset(namespaces),
+        namespaces=written_namespaces(kind, event),
         dedup_key="sha256:" + hashlib.sha256(canonical).hexdigest(),
         canonical=canonical,
     )

@@ -19,7 +19,7 @@ from ledger.store.ledger import Ledger, Receipt
 from ledger.store.sequencer import AppendResult, PendingEntry
 
 Projector = Callable[[Session, AppendResult], None]
-Screen = Callable[[list[ValidatedEvent], AuthenticatedPrincipal], list[PendingEntry]]
+Screen = Callable[[Session, list[ValidatedEvent], AuthenticatedPrincipal], list[PendingEntry]]
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,20 @@ class LineageIntake:
     def record(self, event: Any, principal: AuthenticatedPrincipal) -> Receipt:
         """Records one event; a repeat of an event already stored returns its original receipt."""
         v = self._admit(event, principal)
-        extra = self.screen([v], principal) if self.screen else []
-        _, receipts = self.ledger.append([self._pending(v, principal), *extra], project=self.project)
+        _, receipts = self.ledger.append(
+            [self._pending(v, principal)], project=self.project, extend=self._screen([v], principal)
+        )
         return receipts[0]
+
+    def _screen(
+        self, admitted: list[ValidatedEvent], principal: AuthenticatedPrincipal
+    ) -> Callable[[Session], list[PendingEntry]] | None:
+        """The screen, run inside the append's transaction: it decides on exactly the tags the
+        append sees, and costs no transaction of its own."""
+        screen = self.screen
+        if screen is None:
+            return None
+        return lambda session: screen(session, admitted, principal)
 
     def record_batch(self, events: list[Any], principal: AuthenticatedPrincipal) -> BatchOutcome:
         failures: dict[int, LedgerError] = {}
@@ -73,8 +84,9 @@ class LineageIntake:
                 failures[i] = e
         receipts: dict[int, Receipt] = {}
         if admitted:
-            extra = self.screen([v for _, v in admitted], principal) if self.screen else []
             pending = [self._pending(v, principal) for _, v in admitted]
-            _, rs = self.ledger.append([*pending, *extra], project=self.project)
+            _, rs = self.ledger.append(
+                pending, project=self.project, extend=self._screen([v for _, v in admitted], principal)
+            )
             receipts = {i: r for (i, _), r in zip(admitted, rs[: len(pending)], strict=True)}
         return BatchOutcome(receipts, failures, len(events))

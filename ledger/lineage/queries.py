@@ -38,8 +38,26 @@ def _fields(facets: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-# Facets that describe a dataset's content: withheld from principals not cleared for its tags.
-CONTENT_FACETS = ("schema", "columnLineage", "dataQualityMetrics", "dataQualityAssertions", "dataSource")
+# Facets that say where a dataset is, who owns it and how big it is, not what it holds: the only ones
+# shown to a principal not cleared for its tags. Everything else is withheld, including facets this
+# list does not know (custom ones): schema, columnLineage, dataQualityMetrics (column minimums and
+# maximums are data), dataQualityAssertions, documentation, subset (partition values), dataSource
+# (connection strings) and the rest.
+STRUCTURE_FACETS = frozenset(
+    {
+        "version",
+        "datasetVersion",
+        "datasetType",
+        "storage",
+        "symlinks",
+        "lifecycleStateChange",
+        "ownership",
+        "catalog",
+        "tags",
+        "inputStatistics",
+        "outputStatistics",
+    }
+)
 
 
 def redacted(facets: dict[str, Any], tags: list[str], clearances: frozenset[str] | None) -> dict[str, Any]:
@@ -47,8 +65,8 @@ def redacted(facets: dict[str, Any], tags: list[str], clearances: frozenset[str]
     missing = sorted((set(tags) & SENSITIVE) - (clearances or frozenset()))
     if clearances is None or not missing:
         return facets
-    out = {k: v for k, v in facets.items() if k not in CONTENT_FACETS}
-    out["redacted"] = {"facets": sorted(k for k in facets if k in CONTENT_FACETS), "missing_clearances": missing}
+    out = {k: v for k, v in facets.items() if k in STRUCTURE_FACETS}
+    out["redacted"] = {"facets": sorted(k for k in facets if k not in STRUCTURE_FACETS), "missing_clearances": missing}
     return out
 
 

@@ -112,24 +112,23 @@ class AccessService:
         return {**payload, "seq": receipts[0].seq}, receipts[0]
 
 
-def intake_screen(ledger: Ledger, policy: PolicyEngine) -> Any:
-    """The intake's screen: denied access decisions for reads beyond the poster's clearance. Costs one
-    query per event set, and nothing at all while no dataset carries a tag."""
+def intake_screen(policy: PolicyEngine) -> Any:
+    """The intake's screen: denied access decisions for reads beyond the poster's clearance. Runs in
+    the append's transaction; costs one query per event set, and none while no dataset carries a tag."""
     from ledger.security.classification import any_tags
 
     tagged: dict[str, Any] = {}
 
-    def screen(validated: list[Any], principal: AuthenticatedPrincipal) -> list[PendingEntry]:
+    def screen(session: Session, validated: list[Any], principal: AuthenticatedPrincipal) -> list[PendingEntry]:
         runs = [v for v in validated if v.kind == "openlineage.run_event" and v.event.get("inputs")]
         if not runs:
             return []
-        with ledger.db.read() as s:
-            if not tagged.get("seen"):
-                # No negative cache: another process may have classified data a moment ago.
-                if not any_tags(s):
-                    return []
-                tagged["seen"] = True  # once data is tagged, skip the check: every run is screened
-            found = intake_violations(s, [v.event for v in runs], principal, policy.bundle.digest)
+        if not tagged.get("seen"):
+            # No negative cache: another process may have classified data a moment ago.
+            if not any_tags(session):
+                return []
+            tagged["seen"] = True  # once data is tagged, skip the check: every run is screened
+        found = intake_violations(session, [v.event for v in runs], principal, policy.bundle.digest)
         keyed = {id(v.event): v.dedup_key for v in runs}
         out = []
         for entry, ev in found:

@@ -10,6 +10,7 @@ statement without a transaction.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any, Protocol
 
 from sqlalchemy import select
 
@@ -20,8 +21,16 @@ from ledger.tlog.entry import EntryHeader
 CHUNK = 20_000
 
 
-def export_lines(db: Database, start: int, end: int) -> Iterator[bytes]:
-    """Yields chunks of export lines for entries [start, end), reading CHUNK rows per query."""
+class Gate(Protocol):
+    """Says which payloads to leave out for the reader (ledger.security.visibility.PayloadGate)."""
+
+    def withheld(self, conn: Any, entries: Any) -> dict[int, str]: ...
+
+
+def export_lines(db: Database, start: int, end: int, *, gate: Gate | None = None) -> Iterator[bytes]:
+    """Yields chunks of export lines for entries [start, end), reading CHUNK rows per query.
+
+    A payload the `gate` withholds is exported like an erased one (`-`): its header still counts."""
     e = LogEntry.__table__.c  # type: ignore[attr-defined]
     p = EntryPayload.__table__.c  # type: ignore[attr-defined]
     columns = (
@@ -46,7 +55,10 @@ def export_lines(db: Database, start: int, end: int) -> Iterator[bytes]:
         )
         parts: list[bytes] = []
         with db.statement() as conn:
-            for seq, kind, subject, when, principal, digest, leaf, salt, payload in conn.execute(q):
+            rows = conn.execute(q).all()
+            hidden = gate.withheld(conn, ((r[0], r[1], r[8]) for r in rows)) if gate is not None else {}
+            for seq, kind, subject, when, principal, digest, leaf, stored_salt, stored_payload in rows:
+                salt, payload = (None, None) if seq in hidden else (stored_salt, stored_payload)
                 header = EntryHeader(
                     seq=seq,
                     kind=kind,

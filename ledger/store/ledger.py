@@ -79,12 +79,18 @@ class _AppendRequest:
     pending: list[PendingEntry]
     project: Projector | None
     build: Callable[[Session], PendingEntry] | None = None
+    # Entries the caller's entries call for, decided inside the write transaction (the intake's screen).
+    extend: Callable[[Session], list[PendingEntry]] | None = None
     # The projector reads this request's own log rows (erasure does, through the payload trigger).
     flush_first: bool = False
     done: bool = False
     result: AppendResult | None = None
     receipts: list[Receipt] | None = None
     error: BaseException | None = None
+
+
+def _entries(session: Session, req: _AppendRequest) -> list[PendingEntry]:
+    return [*req.pending, *req.extend(session)] if req.extend is not None else req.pending
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,32 +139,42 @@ class Ledger:
     # --- writing -------------------------------------------------------------------------------
 
     def append(
-        self, pending: Sequence[PendingEntry], *, project: Projector | None = None
+        self,
+        pending: Sequence[PendingEntry],
+        *,
+        project: Projector | None = None,
+        extend: Callable[[Session], list[PendingEntry]] | None = None,
     ) -> tuple[list[AppendedEntry], list[Receipt]]:
         """Appends entries (and runs `project` in the same transaction); returns receipts after commit.
+
+        `extend(session)` may add entries that these call for, decided on the state the append sees
+        (under the lock); they are appended after `pending`, and receipts follow the same order.
 
         Group commit: concurrent callers in this process share one transaction and one fsync. Each
         caller's work runs in a savepoint of its own, so one caller's error (a projection refusing,
         say) rolls back that caller's entries only; its exception is raised to that caller.
         """
-        return self._submit(_AppendRequest(list(pending), project))
+        return self._submit(_AppendRequest(list(pending), project, extend=extend))
 
     def append_built(
         self, build: Callable[[Session], PendingEntry], *, project: Projector | None = None, flush_first: bool = False
     ) -> tuple[list[AppendedEntry], list[Receipt]]:
         """Like `append`, but the entry is built inside the write transaction (under the lock), from
         what the log holds at that moment: a policy decision, say, must see the state it decides on."""
-        return self._submit(_AppendRequest([], project, build, flush_first))
+        return self._submit(_AppendRequest([], project, build=build, flush_first=flush_first))
 
     def erase(
-        self, seq: int, *, reason: str, principal: str, reproject: Callable[[Session], None] | None = None
+        self, seq: int, *, reason: str, principal: str, reproject: Callable[[Session, str], None] | None = None
     ) -> Receipt:
         """Removes an entry's payload and salt, recording a `payload.erasure` entry first.
 
         The header (the Merkle leaf) stays, so every proof and checkpoint still holds; the database
         lets the payload row go only once the erasure entry is in the log (see the 0001 migration).
-        `reproject` then rebuilds whatever was derived from the payload, in the same transaction.
+        `reproject(session, kind)` then rebuilds whatever was derived from the payload (an entry of
+        `kind`), in the same transaction.
         """
+
+        erased_kind: list[str] = []
 
         def build(session: Session) -> PendingEntry:
             row = session.get(LogEntry, seq)
@@ -168,6 +184,7 @@ class Ledger:
                 raise ConflictError(f"entry {seq} is itself an erasure record and cannot be erased", field="seq")
             if session.get(EntryPayload, seq) is None:
                 raise ConflictError(f"entry {seq} is erased already", field="seq")
+            erased_kind[:] = [row.kind]
             return PendingEntry(
                 kind="payload.erasure",
                 subject=f"entry:{seq}",
@@ -178,7 +195,7 @@ class Ledger:
         def project(session: Session, result: AppendResult) -> None:
             session.execute(delete(EntryPayload).where(col(EntryPayload.seq) == seq))
             if reproject is not None:
-                reproject(session)
+                reproject(session, erased_kind[0])
 
         _, receipts = self.append_built(build, project=project, flush_first=True)
         return receipts[0]
@@ -265,7 +282,8 @@ class Ledger:
                         if req.build is None and not req.flush_first and getattr(req.project, "batchable", False):
                             if deferred and deferred[0].project is not req.project:
                                 project_deferred()
-                            req.result = self._sequencer.append(session, state, req.pending, now=now, rows=rows)
+                            entries = _entries(session, req)
+                            req.result = self._sequencer.append(session, state, entries, now=now, rows=rows)
                             deferred.append(req)
                             continue
                         project_deferred()
@@ -307,7 +325,7 @@ class Ledger:
         # for the whole group are written by one flush at the end.
         if req.build is not None:
             req.pending = [req.build(session)]
-        req.result = self._sequencer.append(session, state, req.pending, now=now, rows=rows)
+        req.result = self._sequencer.append(session, state, _entries(session, req), now=now, rows=rows)
         if req.project is not None:
             if req.flush_first and rows is not None:
                 self._sequencer.flush(session, rows)

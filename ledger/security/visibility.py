@@ -1,0 +1,98 @@
+"""Which log payloads a principal may read in full (DESIGN.md 6).
+
+Every authenticated principal reads every header, leaf hash and proof, so anyone can check the tree.
+The payload of a lineage entry is withheld (served as null, with the reason) from a principal that
+may not see what it carries:
+- a pipeline scoped to namespaces does not read events written to other namespaces;
+- a principal without the clearance for a sensitive tag (`pii`, `phi`, `confidential`) does not read
+  events that name a dataset carrying that tag, since their facets (schema, column lineage, data
+  quality) describe its content.
+A withheld payload is not altered, only left out, so whatever is served still verifies against its
+digest; an auditor with the clearance verifies the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select, tuple_
+
+from ledger.lineage.events import LINEAGE_KINDS, mentioned_datasets, written_namespaces
+from ledger.lineage.models import Dataset
+from ledger.security.classification import SENSITIVE
+from ledger.security.models import DatasetTags
+from ledger.security.principals import AuthenticatedPrincipal
+
+CHUNK = 400  # (namespace, name) pairs per IN list
+
+
+class PayloadGate:
+    """Decides, for one principal, which lineage payloads are withheld."""
+
+    def __init__(self, principal: AuthenticatedPrincipal) -> None:
+        self.principal = principal
+        self.missing = SENSITIVE - principal.clearances
+        self.scoped = "pipeline" in principal.roles and not (principal.roles - {"pipeline"}) and principal.namespaces
+
+    @property
+    def open(self) -> bool:
+        """True when this principal reads every payload (nothing to look up)."""
+        return not self.scoped and not self.missing
+
+    def withheld(self, conn: Any, entries: Iterable[tuple[int, str, Any]]) -> dict[int, str]:
+        """seq -> why, for the entries (seq, kind, payload as dict or JSON text) withheld from this principal.
+
+        `conn` is a Session or Connection; one query per CHUNK datasets named by the entries.
+        """
+        if self.open:
+            return {}
+        out: dict[int, str] = {}
+        refs: dict[int, set[tuple[str, str]]] = {}
+        for seq, kind, payload in entries:
+            if payload is None or kind not in LINEAGE_KINDS:
+                continue
+            event = json.loads(payload) if isinstance(payload, str | bytes) else payload
+            if not isinstance(event, dict):
+                continue
+            if self.scoped and not written_namespaces(kind, event) <= self.principal.namespaces:
+                out[seq] = "written to a namespace outside this principal's scope"
+                continue
+            if self.missing:
+                refs[seq] = mentioned_datasets(kind, event)
+        if refs:
+            sensitive = self._sensitive(conn, set().union(*refs.values()))
+            for seq, names in refs.items():
+                need = set().union(*(sensitive.get(n, set()) for n in names))
+                if need:
+                    out[seq] = f"names data classified {', '.join(sorted(need))}; needs clearance for it"
+        return out
+
+    def _sensitive(self, conn: Any, names: set[tuple[str, str]]) -> dict[tuple[str, str], set[str]]:
+        """The uncleared sensitive tags of each named dataset that has any."""
+        out: dict[tuple[str, str], set[str]] = {}
+        pairs = sorted(names)
+        d = Dataset.__table__.c  # type: ignore[attr-defined]
+        t = DatasetTags.__table__.c  # type: ignore[attr-defined]
+        for i in range(0, len(pairs), CHUNK):
+            q = (
+                select(d.namespace, d.name, t.effective)
+                .select_from(Dataset.__table__.join(DatasetTags.__table__, t.dataset_id == d.id))  # type: ignore[attr-defined]
+                .where(tuple_(d.namespace, d.name).in_(pairs[i : i + CHUNK]))
+            )
+            for ns, name, effective in conn.execute(q):
+                tags = set(json.loads(effective) if isinstance(effective, str) else effective or []) & self.missing
+                if tags:
+                    out[(ns, name)] = tags
+        return out
+
+    def withhold(self, conn: Any, entries: list[dict[str, Any]]) -> None:
+        """Nulls payload and salt, and says why, in the entry JSON objects withheld from this principal."""
+        if self.open:
+            return
+        hidden = self.withheld(conn, [(e["header"]["seq"], e["header"]["kind"], e["payload"]) for e in entries])
+        for e in entries:
+            reason = hidden.get(e["header"]["seq"])
+            if reason is not None:
+                e.update(payload=None, salt=None, withheld=reason)
