@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import log, pg_database
+from common import in_process_runtime, log
 
 PRODUCER = "https://github.com/OpenLineage/OpenLineage/tree/1.24.0/integration/airflow"
 SCHEMA = "https://openlineage.io/spec/2-0-2/OpenLineage.json#/definitions/RunEvent"
@@ -48,21 +47,10 @@ def main() -> None:
     ap.add_argument("--lanes", type=int, default=50)
     ap.add_argument("--layers", type=int, default=100)
     a = ap.parse_args()
-    from ledger.config import Settings
-    from ledger.runtime import build_runtime, initialise
     from ledger.security.classification import classify, propagate
     from ledger.security.principals import AuthenticatedPrincipal
 
-    with pg_database("bench_cls") as url:
-        settings = Settings.from_env(
-            {
-                "LEDGER_DATA_DIR": tempfile.mkdtemp(),
-                "LEDGER_DATABASE_URL": url,
-                "LEDGER_POLICY_DIR": str(Path(__file__).resolve().parent.parent / "policies"),
-            }
-        )
-        initialise(settings)
-        rt = build_runtime(settings)
+    with in_process_runtime("bench_cls") as rt:
         who = AuthenticatedPrincipal("bench", frozenset({"pipeline"}))
         batch = [event(lane, layer) for layer in range(a.layers) for lane in range(a.lanes)]
         for i in range(0, len(batch), 1000):
@@ -97,7 +85,6 @@ def main() -> None:
             t = time.perf_counter()
             touched_one = propagate(s, [lane0])
             one_ms = (time.perf_counter() - t) * 1000
-        rt.close()
     print(
         f"classification on {nodes:,} nodes (PostgreSQL): tag a source: {tag_ms:.0f} ms "
         f"(flows down {a.layers} datasets); new edge below a tagged dataset: {edge_ms:.0f} ms (intake of the event "

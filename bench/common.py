@@ -69,6 +69,28 @@ def pg_database(prefix: str = "bench") -> Iterator[str]:
         log(f"dropped database {name}")
 
 
+@contextmanager
+def in_process_runtime(prefix: str = "bench") -> Iterator[Any]:
+    """The ledger's services wired in this process on a fresh PostgreSQL database (no HTTP)."""
+    from ledger.config import Settings
+    from ledger.runtime import build_runtime, initialise
+
+    with pg_database(prefix) as url:
+        settings = Settings.from_env(
+            {
+                "LEDGER_DATA_DIR": tempfile.mkdtemp(),
+                "LEDGER_DATABASE_URL": url,
+                "LEDGER_POLICY_DIR": str(REPO / "policies"),
+            }
+        )
+        initialise(settings)
+        rt = build_runtime(settings)
+        try:
+            yield rt
+        finally:
+            rt.close()
+
+
 def pg_backend_pids(dbname: str) -> list[int]:
     import psycopg
 

@@ -11,34 +11,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import log, pg_database, run_event
+from common import in_process_runtime, log, run_event
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--entries", type=int, default=100_000)
     a = ap.parse_args()
-    from ledger.config import Settings
-    from ledger.projections import affected_by, replay_projections
-    from ledger.runtime import build_runtime, initialise
+    from ledger.projections import erasure_replay
     from ledger.security.principals import AuthenticatedPrincipal
 
-    with pg_database("bench_erase") as url:
-        settings = Settings.from_env(
-            {
-                "LEDGER_DATA_DIR": tempfile.mkdtemp(),
-                "LEDGER_DATABASE_URL": url,
-                "LEDGER_POLICY_DIR": str(Path(__file__).resolve().parent.parent / "policies"),
-            }
-        )
-        initialise(settings)
-        rt = build_runtime(settings)
+    with in_process_runtime("bench_erase") as rt:
         who = AuthenticatedPrincipal("bench", frozenset({"pipeline"}))
         for i in range(0, a.entries, 1000):
             rt.intake.record_batch([run_event(j) for j in range(i, min(i + 1000, a.entries))], who)
@@ -49,12 +37,9 @@ def main() -> None:
             size // 2,
             reason="bench",
             principal="sec",
-            reproject=lambda session, kind: replay_projections(
-                session, is_sqlite=rt.db.is_sqlite, only=affected_by(kind)
-            ),
+            reproject=erasure_replay(is_sqlite=rt.db.is_sqlite),
         )
         took = time.perf_counter() - t
-        rt.close()
     print(
         f"erasure at {size:,} entries (PostgreSQL): {took:.1f} s, appends held meanwhile "
         f"(projections replayed at {size / took:,.0f} entries/s)"

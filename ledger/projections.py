@@ -136,6 +136,11 @@ def replay_projections(session: Session, *, is_sqlite: bool, only: frozenset[str
     return replayed
 
 
+def erasure_replay(*, is_sqlite: bool) -> Callable[[Session, str], None]:
+    """What `Ledger.erase` runs once a payload of `kind` is gone: replays the projections it fed."""
+    return lambda session, kind: replay_projections(session, is_sqlite=is_sqlite, only=affected_by(kind))
+
+
 def rebuild_all(db: Database) -> dict[str, int]:
     """`ledger rebuild`: drops every projection and replays the whole log, under the sequencer lock."""
     with db.write() as session:

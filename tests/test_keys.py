@@ -119,6 +119,9 @@ def test_a_host_with_another_key_is_refused_and_nothing_is_retired(tmp_path: Pat
 
     shared = _env(tmp_path, database_url, "c", LEDGER_SIGNING_KEY=str(tmp_path / "a" / "signing-key.pem"))
     assert _cli(shared, "init").returncode == 0  # the same key: welcome
+    elsewhere = {**shared, "LEDGER_ORIGIN": "ledger.test/other"}  # same key, another origin: another key id
+    r = _cli(elsewhere, "init")
+    assert r.returncode == 1 and "LEDGER_ORIGIN=ledger.test/hosts" in r.stderr
     listing = _cli(a, "keys", "list").stdout.strip().splitlines()
     assert listing == [line for line in listing if vkey in line] and len(listing) == 1 and "(current)" in listing[0]
 

@@ -12,7 +12,7 @@ from ledger.api.governance_schemas import DatasetRefSchema, load
 from ledger.api.lineage import receipt_json
 from ledger.api.params import MAX_INT
 from ledger.errors import InvalidRequestError
-from ledger.projections import affected_by, replay_projections
+from ledger.projections import erasure_replay
 from ledger.security.classification import classify
 from ledger.store.ledger import Ledger
 
@@ -81,9 +81,7 @@ def erase(seq: int) -> tuple[Response, int]:
         seq,
         reason=body["reason"],
         principal=current_principal().name,
-        reproject=lambda session, kind: replay_projections(
-            session, is_sqlite=ledger.db.is_sqlite, only=affected_by(kind)
-        ),
+        reproject=erasure_replay(is_sqlite=ledger.db.is_sqlite),
     )
     return jsonify({"receipt": receipt_json(receipt), "erased": seq}), 201
 

@@ -16,6 +16,7 @@ from sqlalchemy import bindparam, insert, select, tuple_, update
 from sqlmodel import Session
 
 from ledger.lineage.models import Dataset, DatasetVersion, Job, JobDataset, Namespace, Run, RunDataset
+from ledger.store.db import chunks
 from ledger.store.sequencer import AppendResult
 from ledger.tlog.entry import EntryHeader
 
@@ -123,18 +124,15 @@ class _Batch:
         self.dirty: dict[str, dict[Any, Row]] = {"ns": {}, "ds": {}, "job": {}, "run": {}, "ver": {}, "rds": {}}
 
     def _in(self, table: Any, column: Any, values: Iterable[Any]) -> list[Row]:
-        vals = sorted(values)
         out: list[Row] = []
-        for i in range(0, len(vals), 500):
-            rows = self.session.execute(select(table).where(column.in_(vals[i : i + 500])))
-            out += [dict(r._mapping) for r in rows]
+        for part in chunks(sorted(values)):
+            out += [dict(r._mapping) for r in self.session.execute(select(table).where(column.in_(part)))]
         return out
 
     def _pairs(self, table: Any, keys: dict[tuple[str, str], EntryHeader]) -> list[Row]:
-        ks = list(keys)
         out: list[Row] = []
-        for i in range(0, len(ks), 500):
-            q = select(table).where(tuple_(table.c.namespace, table.c.name).in_(ks[i : i + 500]))
+        for part in chunks(keys):
+            q = select(table).where(tuple_(table.c.namespace, table.c.name).in_(part))
             out += [dict(r._mapping) for r in self.session.execute(q)]
         return out
 

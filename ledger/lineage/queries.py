@@ -10,6 +10,7 @@ from sqlmodel import Session
 from ledger.errors import InvalidRequestError, NotFoundError
 from ledger.lineage.models import Dataset, DatasetVersion, Job, JobDataset, Namespace, Run, RunDataset
 from ledger.security.classification import SENSITIVE, effective_tags
+from ledger.store.db import chunks
 from ledger.tlog.entry import parse_time
 
 MAX_DEPTH = 100
@@ -344,11 +345,8 @@ class LineageReader:
 
     def _edges(self, column: Any, ids: set[int]) -> list[tuple[int, int, str]]:
         out: list[tuple[int, int, str]] = []
-        vals = list(ids)
-        for i in range(0, len(vals), 1000):
-            q = select(JobDataset.job_id, JobDataset.dataset_id, JobDataset.direction).where(
-                column.in_(vals[i : i + 1000])
-            )
+        for part in chunks(ids, 1000):
+            q = select(JobDataset.job_id, JobDataset.dataset_id, JobDataset.direction).where(column.in_(part))
             out += [(a, b, c) for a, b, c in self.s.execute(q).all()]
         return out
 
@@ -402,8 +400,7 @@ class LineageReader:
         return graph
 
     def _load(self, model: Any, column: Any, ids: set[int]) -> list[Any]:
-        vals = list(ids)
         out: list[Any] = []
-        for i in range(0, len(vals), 1000):
-            out += self.s.execute(select(model).where(column.in_(vals[i : i + 1000]))).scalars().all()
+        for part in chunks(ids, 1000):
+            out += self.s.execute(select(model).where(column.in_(part))).scalars().all()
         return out

@@ -28,10 +28,10 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 def key_state(db: Database, key_id: str | None) -> tuple[str | None, str | None]:
-    """(the log's current key id or None for a new log, when `key_id` was retired or None)."""
+    """(the log's current verifier key line, or None for a new log; when `key_id` was retired, or None)."""
     with db.read() as session:
         current = session.execute(
-            select(SigningKey.key_id).where(col(SigningKey.valid_until).is_(None))  # type: ignore[call-overload]
+            select(SigningKey.verifier_key).where(col(SigningKey.valid_until).is_(None))  # type: ignore[call-overload]
         ).scalar_one_or_none()
         mine = session.get(SigningKey, key_id) if key_id else None
         return current, _iso(mine.valid_until) if mine is not None else None

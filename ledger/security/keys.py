@@ -91,31 +91,39 @@ def key_id_of(key: Ed25519PrivateKey, origin: str) -> str:
 
 
 def check_host_key(path: Path, origin: str, current: str | None, retired_at: str | None = None) -> None:
-    """Makes sure this host signs with the log's current key (`current`, None for a new log).
+    """Makes sure this host signs with the log's current key (`current`: its verifier key line, None
+    for a new log).
 
-    Every host of a deployment must hold the same key: a host that made up its own would sign
-    checkpoints no verifier of this log accepts. A rotation interrupted after the database named the
-    new key is finished here.
+    Every host of a deployment must hold the same key under the same origin: a host that made up its
+    own would sign checkpoints that no verifier of this log accepts. A rotation interrupted after the
+    database named the new key is finished here.
     """
     if current is None:
         ensure_signing_key(path)
         return
+    log_origin, current_id, _ = current.split("+", 2)
     if not path.exists():
         raise ConfigurationError(
-            f"no signing key at {path}, and this log is already signed by key {current}: copy the key "
+            f"no signing key at {path}, and this log is already signed by key {current_id}: copy the key "
             "file from a host of this deployment (or point LEDGER_SIGNING_KEY at it)"
         )
+    mine = NoteSigner(name=log_origin, private_key=load_signing_key(path)).verifier
+    if origin != log_origin and mine.line() == current:
+        raise ConfigurationError(
+            f"this host's origin is {origin!r}, but the log's is {log_origin!r}: set LEDGER_ORIGIN={log_origin} "
+            "on every host of this deployment"
+        )
     here = key_id_of(load_signing_key(path), origin)
-    if here == current:
+    if here == current_id and origin == log_origin:
         return
     pending = pending_key_path(path)
-    if pending.exists() and key_id_of(load_signing_key(pending), origin) == current:
+    if pending.exists() and key_id_of(load_signing_key(pending), origin) == current_id:
         install_next_key(path, retired_name=f"{here}.pem")
-        log.warning("finished an interrupted key rotation: %s now holds key %s", path, current)
+        log.warning("finished an interrupted key rotation: %s now holds key %s", path, current_id)
         return
     why = f" (key {here} was retired at {retired_at})" if retired_at else ""
     raise ConfigurationError(
-        f"the signing key at {path} is key {here}, but this log's current key is {current}{why}: copy "
+        f"the signing key at {path} is key {here}, but this log's current key is {current_id}{why}: copy "
         "the current key file from a host of this deployment (or point LEDGER_SIGNING_KEY at it)"
     )
 

@@ -24,8 +24,7 @@ from ledger.lineage.models import Dataset
 from ledger.security.classification import SENSITIVE
 from ledger.security.models import DatasetTags
 from ledger.security.principals import AuthenticatedPrincipal
-
-CHUNK = 400  # (namespace, name) pairs per IN list
+from ledger.store.db import chunks
 
 
 class PayloadGate:
@@ -72,14 +71,13 @@ class PayloadGate:
     def _sensitive(self, conn: Any, names: set[tuple[str, str]]) -> dict[tuple[str, str], set[str]]:
         """The uncleared sensitive tags of each named dataset that has any."""
         out: dict[tuple[str, str], set[str]] = {}
-        pairs = sorted(names)
         d = Dataset.__table__.c  # type: ignore[attr-defined]
         t = DatasetTags.__table__.c  # type: ignore[attr-defined]
-        for i in range(0, len(pairs), CHUNK):
+        for part in chunks(sorted(names)):
             q = (
                 select(d.namespace, d.name, t.effective)
                 .select_from(Dataset.__table__.join(DatasetTags.__table__, t.dataset_id == d.id))  # type: ignore[attr-defined]
-                .where(tuple_(d.namespace, d.name).in_(pairs[i : i + CHUNK]))
+                .where(tuple_(d.namespace, d.name).in_(part))
             )
             for ns, name, effective in conn.execute(q):
                 tags = set(json.loads(effective) if isinstance(effective, str) else effective or []) & self.missing

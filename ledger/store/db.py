@@ -7,9 +7,9 @@ Readers use `Database.read()`, which takes no lock.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Engine
@@ -92,3 +92,13 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+T = TypeVar("T")
+
+
+def chunks(values: Iterable[T], size: int = 500) -> Iterator[list[T]]:
+    """`values` in lists of at most `size`: IN (...) lists short enough for any database's limits."""
+    vals = list(values)
+    for i in range(0, len(vals), size):
+        yield vals[i : i + size]
