@@ -16,7 +16,7 @@ from sqlalchemy import bindparam, insert, select, tuple_, update
 from sqlmodel import Session
 
 from ledger.lineage.models import Dataset, DatasetVersion, Job, JobDataset, Namespace, Run, RunDataset
-from ledger.store.db import chunks
+from ledger.store.db import bulk_insert, chunks
 from ledger.store.sequencer import AppendResult
 from ledger.tlog.entry import EntryHeader
 
@@ -274,8 +274,7 @@ class _Batch:
         t = _tables()
         s = self.session
         for name in ("ns", "run", "ver", "rds", "jds"):
-            if self.new[name]:
-                s.execute(insert(t[name]), self.new[name])
+            bulk_insert(s, t[name], self.new[name])
         updates = {
             "ns": (t["ns"].c.name, "name"),
             "ds": (t["ds"].c.id, "id"),

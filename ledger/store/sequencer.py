@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlmodel import Session
 
+from ledger.store.db import bulk_insert
 from ledger.store.models import EntryPayload, LogEntry, TreeNode
 from ledger.store.tree import fetch_nodes, tree_size
 from ledger.tlog.entry import SALT_SIZE, EntryHeader, canonical_json, format_time, payload_digest
@@ -192,9 +193,10 @@ class Sequencer:
     def flush(session: Session, rows: PendingRows) -> None:
         """Writes collected rows: one multi-row insert per table."""
         if rows.entries:
-            session.execute(insert(LogEntry), rows.entries)
-            session.execute(insert(EntryPayload), rows.payloads)
-            session.execute(insert(TreeNode), [{"node_id": n.as_int(), "hash": h} for n, h in rows.nodes])
+            bulk_insert(session, LogEntry.__table__, rows.entries)  # type: ignore[attr-defined]
+            bulk_insert(session, EntryPayload.__table__, rows.payloads)  # type: ignore[attr-defined]
+            nodes = [{"node_id": n.as_int(), "hash": h} for n, h in rows.nodes]
+            bulk_insert(session, TreeNode.__table__, nodes)  # type: ignore[attr-defined]
         rows.entries, rows.payloads, rows.nodes = [], [], []
 
     @staticmethod
