@@ -16,7 +16,6 @@ from ledger.security.keys import KeyFile, check_host_key, key_id_of, load_signin
 from ledger.security.principals import PrincipalStore
 from ledger.store.db import Database
 from ledger.store.ledger import Ledger
-from ledger.store.migrate import upgrade
 
 
 @dataclass
@@ -40,6 +39,8 @@ def initialise(settings: Settings) -> bool:
 
     Returns True when the database had no principals yet (a fresh deployment).
     """
+    from ledger.store.migrate import upgrade  # here, not at the top: workers never migrate (Alembic is ~10 MB)
+
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.database_url, pool_size=1)
     try:
