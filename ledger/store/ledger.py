@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ from ledger.tlog.note import Checkpoint, NoteSigner
 from ledger.tlog.tree import NodeId, ProofPlan, inclusion_ranges
 
 Projector = Callable[[Session, AppendResult], None]
+KEY_CHECK_INTERVAL = 1.0  # seconds between checks that this host's key is still the log's current one
 
 
 class SignerSource(Protocol):
@@ -132,6 +134,7 @@ class Ledger:
         self.clock = clock
         self._sequencer = Sequencer()
         self._sign_cached = lru_cache(maxsize=256)(self._sign_with)
+        self._key_checked_at = -KEY_CHECK_INTERVAL
         self._cv = threading.Condition()
         self._queue: list[_AppendRequest] = []
         self._leading = False
@@ -262,7 +265,7 @@ class Ledger:
 
     def _run_group(self, group: list[_AppendRequest], *, isolated: bool) -> tuple[int, bytes, dict[int, list[bytes]]]:
         with self.db.write() as session:
-            state = self._sequencer.open(session)
+            state = self._open(session)
             now = self.clock()
             rows = PendingRows()
             # Batchable projectors (the lineage intake's) run once over the whole group's entries, in
@@ -362,6 +365,22 @@ class Ledger:
             key_id=key_id,
             current=current,
         )
+
+    def _open(self, session: Session) -> TreeState:
+        """Under the lock: the tree as it stands, once this host's key is known to be current."""
+        state = self._sequencer.open(session)
+        self._require_current_key_now(session)
+        return state
+
+    def _require_current_key_now(self, session: Session) -> None:
+        """`require_current_key` before an append, at most once a second per process: a host that
+        missed a rotation stops accepting entries (their receipts would carry a retired key's
+        signature) within a second of it, for one primary-key read per second."""
+        now = time.monotonic()
+        if now - self._key_checked_at < KEY_CHECK_INTERVAL:
+            return
+        self.require_current_key(session, self.signer.verifier.key_id.hex())
+        self._key_checked_at = now
 
     def checkpoint(self) -> SignedCheckpoint:
         """A signed checkpoint of the current tree."""
