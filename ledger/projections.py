@@ -23,6 +23,7 @@ from ledger.security.classification import project_classifications
 from ledger.store.db import Database
 from ledger.store.models import EntryPayload, LogEntry
 from ledger.store.sequencer import header_from_row
+from ledger.store.tree import tree_size
 from ledger.tlog.entry import EntryHeader
 
 Replayer = Callable[[Session, list[tuple[EntryHeader, Any]]], None]
@@ -108,9 +109,12 @@ def replay_projections(session: Session, *, is_sqlite: bool, only: frozenset[str
             session.execute(text(f"DELETE FROM {name}"))  # noqa: S608  (our own table names)
     else:  # restart the id sequences too, so that a rebuild reproduces every row exactly
         session.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY"))
-    after = -1
+    session.expire_all()  # no ORM object read earlier in this transaction may outlive its row
+    # Chunks are seq ranges (seq is gapless), the same whether every kind is replayed or a few: each
+    # projection sees its entries in the same batches as in a full rebuild, so it ends the same.
+    size = tree_size(session)
     analyze_at = CHUNK
-    while True:
+    for start in range(0, size, CHUNK):
         if not is_sqlite and replayed >= analyze_at:
             # The emptied tables refill inside this transaction, and the planner, which believes them
             # empty, would scan them on every lookup (quadratic). ANALYZE sees this transaction's
@@ -120,19 +124,17 @@ def replay_projections(session: Session, *, is_sqlite: bool, only: frozenset[str
         q = (
             select(LogEntry, EntryPayload.payload)
             .join(EntryPayload, EntryPayload.seq == LogEntry.seq, isouter=True)  # type: ignore[arg-type]
-            .where(LogEntry.seq > after)  # type: ignore[operator]
+            .where(LogEntry.seq >= start, LogEntry.seq < start + CHUNK)  # type: ignore[operator]
             .order_by(LogEntry.seq)  # type: ignore[arg-type]
-            .limit(CHUNK)
         )
         if only is not None:
             q = q.where(LogEntry.kind.in_(kinds))  # type: ignore[attr-defined]
         rows = session.execute(q).all()
         if not rows:
-            break
+            continue
         entries = [(header_from_row(e), json.loads(p) if p is not None else None) for e, p in rows]
         project_all(session, entries, only)
         replayed += len(entries)
-        after = rows[-1][0].seq
     return replayed
 
 

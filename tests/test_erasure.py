@@ -165,3 +165,52 @@ def test_erased_content_leaves_every_read_and_rebuild_agrees(client, tokens, run
     assert "078-05-1120" not in repr(state)
     rebuild_all(runtime.db)
     assert projection_snapshot(runtime) == state
+
+
+def test_erasing_what_later_entries_build_on(client, tokens, runtime) -> None:
+    """Later entries may name what only the erased one recorded: a classification of its dataset, the
+    validations of its model version. The erasure goes through, the classification still holds for
+    what later events say of that dataset, and a rebuild agrees."""
+    from conftest import projection_snapshot
+    from events import dataset
+
+    from ledger.projections import rebuild_all
+
+    def post(event: dict[str, Any]) -> int:
+        r = client.post("/api/v1/lineage", json=event, headers=auth(tokens.pipeline))
+        assert r.status_code == 201, r.get_json()
+        return int(r.get_json()["receipt"]["seq"])
+
+    first = post(run_event(job="export", outputs=[dataset("s3://crm", "contacts")]))
+    r = client.post(
+        "/api/v1/datasets/s3://crm/contacts/classification",
+        json={"tags": ["pii"], "justification": "names and phone numbers", "declassify": False},
+        headers=auth(tokens.security),
+    )
+    assert r.status_code == 201
+    post(run_event(job="report", inputs=[dataset("s3://crm", "contacts")], outputs=[dataset("s3://bi", "calls")]))
+
+    def tags(ns: str, name: str) -> list[str]:
+        d = client.get(f"/api/v1/namespaces/{ns}/datasets/{name}", headers=auth(tokens.security)).get_json()
+        return sorted(d["tags"])
+
+    assert tags("s3://crm", "contacts") == ["pii"] and tags("s3://bi", "calls") == ["pii"]
+    r = client.post(f"/api/v1/log/entries/{first}/erasure", json={"reason": "GDPR"}, headers=auth(tokens.security))
+    assert r.status_code == 201, r.get_json()
+    assert tags("s3://crm", "contacts") == ["pii"] and tags("s3://bi", "calls") == ["pii"]
+
+    # A model version with a validation, whose registration is then erased.
+    runs = build_pipeline(post)
+    base = "/api/v1/models/churn/versions"
+    reg = client.post(base, json=registration(runs["train"]), headers=auth(tokens.pipeline))
+    assert reg.status_code == 201
+    v = client.post(f"{base}/3/validations", json=validation("performance"), headers=auth(tokens.pipeline))
+    assert v.status_code == 201
+    seq = reg.get_json()["receipt"]["seq"]
+    r = client.post(f"/api/v1/log/entries/{seq}/erasure", json={"reason": "test"}, headers=auth(tokens.security))
+    assert r.status_code == 201, r.get_json()
+    assert client.get(f"{base}/3", headers=auth(tokens.auditor)).status_code == 404
+
+    state = projection_snapshot(runtime)
+    rebuild_all(runtime.db)
+    assert projection_snapshot(runtime) == state

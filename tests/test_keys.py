@@ -181,6 +181,15 @@ def test_running_server_follows_a_rotation_and_stale_hosts_stop_signing(tmp_path
             assert refused.status_code == 503
             assert refused.headers["Content-Type"].startswith("application/problem+json")
             assert new.key_id.hex() in refused.json()["detail"]
+            # Nor does it accept entries whose receipts it would sign with the retired key.
+            stale_token = srv.add_principal("etl-b", "pipeline")
+            size = requests.get(f"{srv.url}/api/v1/log/checkpoint", timeout=10).text.splitlines()[1]
+            post = requests.post(
+                f"{stale.url}/api/v1/lineage", json=run_event(), headers=auth(stale_token), timeout=30
+            )
+            assert post.status_code == 503, post.text
+            assert new.key_id.hex() in post.json()["detail"]
+            assert requests.get(f"{srv.url}/api/v1/log/checkpoint", timeout=10).text.splitlines()[1] == size
             again = stale.ledger("init", check=False)
             assert again.returncode == 1 and "was retired at" in again.stderr
     finally:

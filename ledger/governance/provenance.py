@@ -15,6 +15,7 @@ from sqlmodel import Session
 
 from ledger.governance.models import Approval, Deployment, ModelVersion, PromotionDecision, Validation
 from ledger.lineage.models import Dataset, DatasetVersion, Job, Run, RunDataset
+from ledger.store.db import chunks
 from ledger.store.models import EntryPayload, LogEntry
 from ledger.tlog.entry import DIGEST_RE, parse_time
 
@@ -352,19 +353,23 @@ def erasures_about(session: Session, mv: ModelVersion, closure: Closure) -> list
     subjects.update(f"run:{rid}" for rid in closure.runs)
     subjects.update(f"job:{j.namespace}:{j.name}" for j in closure.jobs.values())
     subjects.update(f"dataset:{u.dataset.namespace}:{u.dataset.name}" for u in closure.datasets.values())
-    erased = session.execute(
-        select(LogEntry.seq, LogEntry.kind, LogEntry.subject)  # type: ignore[call-overload]
-        .join(EntryPayload, EntryPayload.seq == LogEntry.seq, isouter=True)
-        .where(LogEntry.subject.in_(sorted(subjects)), EntryPayload.seq.is_(None))
-        .order_by(LogEntry.seq)
-    ).all()
+    erased = []
+    for part in chunks(sorted(subjects)):
+        erased += session.execute(
+            select(LogEntry.seq, LogEntry.kind, LogEntry.subject)  # type: ignore[call-overload]
+            .join(EntryPayload, EntryPayload.seq == LogEntry.seq, isouter=True)
+            .where(LogEntry.subject.in_(part), EntryPayload.seq.is_(None))
+        ).all()
     if not erased:
         return []
-    records = session.execute(
-        select(LogEntry.seq, LogEntry.subject, LogEntry.principal, LogEntry.integrated_time, EntryPayload.payload)  # type: ignore[call-overload]
-        .join(EntryPayload, EntryPayload.seq == LogEntry.seq, isouter=True)
-        .where(LogEntry.kind == "payload.erasure", LogEntry.subject.in_([f"entry:{r.seq}" for r in erased]))
-    ).all()
+    erased.sort(key=lambda r: r.seq)
+    records = []
+    for part in chunks([f"entry:{r.seq}" for r in erased]):
+        records += session.execute(
+            select(LogEntry.seq, LogEntry.subject, LogEntry.principal, LogEntry.integrated_time, EntryPayload.payload)  # type: ignore[call-overload]
+            .join(EntryPayload, EntryPayload.seq == LogEntry.seq, isouter=True)
+            .where(LogEntry.kind == "payload.erasure", LogEntry.subject.in_(part))
+        ).all()
     by_target = {r.subject: r for r in records}
     out = []
     for r in erased:

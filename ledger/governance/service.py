@@ -256,7 +256,7 @@ class GovernanceService:
         proven = prove_entries(self.ledger, report["entries"])
         return {
             "format": "ledger-bundle/v1",
-            "verifier_key": self.ledger.signer.verifier.line(),
+            "verifier_key": proven.verifier_key,
             "checkpoint": proven.checkpoint.note,
             "report": report,
             "entries": [

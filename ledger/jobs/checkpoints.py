@@ -45,6 +45,8 @@ def _upsert(session: Session, row: JobRun | None, name: str, now: datetime) -> N
 def checkpoint_job(ledger: Ledger, interval: float) -> Callable[[], None]:
     def run() -> None:
         try:
+            with ledger.db.read() as session:  # a host with a retired key leaves the lease to the others
+                ledger.require_current_key(session, ledger.signer.verifier.key_id.hex())
             if not claim(ledger.db, "checkpoint", interval, datetime.now(UTC)):
                 return
             stored = ledger.store_checkpoint()

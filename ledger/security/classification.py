@@ -137,12 +137,35 @@ def record_declared(session: Session, dataset_id: int, facets: dict[str, Any]) -
     return True
 
 
-def find_dataset(session: Session, namespace: str, name: str) -> Dataset:
-    d = session.execute(
+def lookup_dataset(session: Session, namespace: str, name: str) -> Dataset | None:
+    return session.execute(
         select(Dataset).where(col(Dataset.namespace) == namespace, col(Dataset.name) == name)
     ).scalar_one_or_none()
+
+
+def find_dataset(session: Session, namespace: str, name: str) -> Dataset:
+    d = lookup_dataset(session, namespace, name)
     if d is None:
         raise NotFoundError(f"dataset {namespace}:{name} is not recorded in the lineage", field="dataset")
+    return d
+
+
+def _dataset_for_classification(session: Session, namespace: str, name: str, h: EntryHeader) -> Dataset:
+    """The classified dataset. A classification is refused for a dataset the lineage does not know, so
+    one can be missing only in a replay after the erasure of the event that recorded it: the row is
+    then made bare, and the tags hold for whatever later events say of that dataset."""
+    d = lookup_dataset(session, namespace, name)
+    if d is None:
+        d = Dataset(
+            namespace=namespace,
+            name=name,
+            facets={},
+            created_at=h.integrated_time,
+            updated_at=h.integrated_time,
+            last_seq=h.seq,
+        )
+        session.add(d)
+        session.flush()
     return d
 
 
@@ -153,7 +176,7 @@ def project_classifications(session: Session, entries: list[tuple[EntryHeader, A
         if h.kind != "dataset.classification" or p is None:
             continue
         ns, name = p["dataset"]["namespace"], p["dataset"]["name"]
-        d = find_dataset(session, ns, name)
+        d = _dataset_for_classification(session, ns, name, h)
         assert d.id is not None
         tags = sorted({t.lower() for t in p["tags"]})
         session.add(

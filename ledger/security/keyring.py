@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlmodel import Session, col
 
+from ledger.errors import ConfigurationError
 from ledger.store.db import Database
 from ledger.store.ledger import Ledger
 from ledger.store.models import SigningKey, StoredCheckpoint
@@ -66,8 +67,14 @@ class Keyring:
         with self.db.write() as session:
             if session.get(SigningKey, signer.verifier.key_id.hex()) is not None:
                 return
-            if session.execute(select(SigningKey).where(col(SigningKey.valid_until).is_(None))).first() is not None:
-                return
+            other = session.execute(
+                select(SigningKey.key_id).where(col(SigningKey.valid_until).is_(None))  # type: ignore[call-overload]
+            ).scalar_one_or_none()
+            if other is not None:  # another host started this new log with a key of its own just now
+                raise ConfigurationError(
+                    f"this log's current key is {other}, not this host's {signer.verifier.key_id.hex()}: copy "
+                    "the current key file from a host of this deployment (or point LEDGER_SIGNING_KEY at it)"
+                )
             session.add(_row(signer, datetime.now(UTC), tree_size(session)))
 
     def rotate_to(self, new: NoteSigner) -> None:
@@ -76,6 +83,8 @@ class Keyring:
         old = self.signer
         now = datetime.now(UTC)
         with self.db.write() as session:
+            # Under the lock: a rotation run at the same time elsewhere has not retired `old` already.
+            self.ledger.require_current_key(session, old.verifier.key_id.hex())
             size = tree_size(session)
             root = root_at(session, size)
             for row in session.execute(select(SigningKey).where(col(SigningKey.valid_until).is_(None))).scalars():

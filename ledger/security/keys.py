@@ -30,7 +30,19 @@ def create_signing_key(path: Path) -> Ed25519PrivateKey:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before anything (the database, a rename) names this key
+    _fsync_dir(path.parent)
     return key
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Makes a file's creation or rename in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
@@ -83,7 +95,11 @@ def install_next_key(path: Path, *, retired_name: str) -> None:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(old_pem)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(keep)
     os.replace(pending_key_path(path), path)
+    _fsync_dir(path.parent)
 
 
 def key_id_of(key: Ed25519PrivateKey, origin: str) -> str:
@@ -154,7 +170,15 @@ class KeyFile:
         if stamp != self._stamp or self._signer is None:
             with self._lock:
                 if stamp != self._stamp or self._signer is None:
-                    self._signer = NoteSigner(name=self.origin, private_key=load_signing_key(self.path))
+                    try:
+                        key = load_signing_key(self.path)
+                    except (ValueError, ConfigurationError):
+                        if self._signer is None:
+                            raise
+                        # Half-written (a plain copy in progress): keep the key in hand, look again later.
+                        log.warning("signing key %s could not be read; still signing with the previous one", self.path)
+                        return self._signer
+                    self._signer = NoteSigner(name=self.origin, private_key=key)
                     self._stamp = stamp
         return self._signer
 

@@ -12,8 +12,9 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Table, event, insert, text
+from sqlalchemy import JSON, Table, TypeDecorator, event, insert, text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql.schema import ScalarElementColumnDefault
 from sqlmodel import Session, create_engine
 
 # Any constant works; it only has to be the same in every process that appends.
@@ -112,28 +113,35 @@ def bulk_insert(session: Session, table: Table, rows: list[dict[str, Any]]) -> N
     """Inserts `rows` (dicts of column values) into `table` within the session's transaction.
 
     On PostgreSQL, sets of COPY_MIN_ROWS or more go through COPY, several times faster than
-    executemany (`bench/hotspots.py`, section inserts); values are written as SQLAlchemy would bind
-    them (JSON columns encoded with json.dumps, Python-side column defaults filled in), so the rows
-    read back the same either way.
+    executemany (`bench/hotspots.py`, section inserts). Values are written as SQLAlchemy would bind
+    them: JSON columns encoded with json.dumps, fixed column defaults filled in. A table with a column
+    type of our own (a TypeDecorator) or a computed default takes executemany, which applies them.
     """
     if not rows:
         return
     conn = session.connection()
-    if conn.dialect.name != "postgresql" or len(rows) < COPY_MIN_ROWS:
+    given = list(rows[0])
+    omitted = [c for c in table.columns if c.name not in given]
+    if (
+        conn.dialect.name != "postgresql"
+        or len(rows) < COPY_MIN_ROWS
+        or any(isinstance(c.type, TypeDecorator) for c in table.columns if c.name in given)
+        or any(c.default is not None and not isinstance(c.default, ScalarElementColumnDefault) for c in omitted)
+    ):
         session.execute(insert(table), rows)
         return
-    given = list(rows[0])
-    defaults = {
-        c.name: c.default.arg
-        for c in table.columns
-        if c.name not in given and c.default is not None and c.default.is_scalar  # type: ignore[attr-defined]
-    }
+    defaults = {c.name: c.default.arg for c in omitted if isinstance(c.default, ScalarElementColumnDefault)}
     cols = [*given, *defaults]
-    encode = {c.name for c in table.columns if isinstance(c.type, JSON) and c.name in cols}
+    encode = {c.name for c in table.columns if isinstance(c.type, JSON)}
+    fixed = [json.dumps(v) if k in encode else v for k, v in defaults.items()]
+    from psycopg import sql as pg_sql  # here: a SQLite deployment never loads the driver
+
+    session.flush()  # pending ORM rows first, as executemany's autoflush would
     raw = conn.connection.driver_connection
     assert raw is not None
-    with raw.cursor() as cur, cur.copy(f"COPY {table.name} ({', '.join(cols)}) FROM STDIN") as cp:
+    stmt = pg_sql.SQL("COPY {} ({}) FROM STDIN").format(
+        pg_sql.Identifier(table.name), pg_sql.SQL(", ").join(pg_sql.Identifier(c) for c in cols)
+    )
+    with raw.cursor() as cur, cur.copy(stmt) as cp:
         for r in rows:
-            cp.write_row(
-                [json.dumps(r[c]) if c in encode else r[c] for c in given] + list(defaults.values())
-            )
+            cp.write_row([json.dumps(r[c]) if c in encode else r[c] for c in given] + fixed)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,7 +36,6 @@ from ledger.tlog.note import Checkpoint, NoteSigner
 from ledger.tlog.tree import NodeId, ProofPlan, inclusion_ranges
 
 Projector = Callable[[Session, AppendResult], None]
-KEY_CHECK_INTERVAL = 1.0  # seconds between checks that this host's key is still the log's current one
 
 
 class SignerSource(Protocol):
@@ -134,7 +132,6 @@ class Ledger:
         self.clock = clock
         self._sequencer = Sequencer()
         self._sign_cached = lru_cache(maxsize=256)(self._sign_with)
-        self._key_checked_at = -KEY_CHECK_INTERVAL
         self._cv = threading.Condition()
         self._queue: list[_AppendRequest] = []
         self._leading = False
@@ -369,18 +366,10 @@ class Ledger:
     def _open(self, session: Session) -> TreeState:
         """Under the lock: the tree as it stands, once this host's key is known to be current."""
         state = self._sequencer.open(session)
-        self._require_current_key_now(session)
-        return state
-
-    def _require_current_key_now(self, session: Session) -> None:
-        """`require_current_key` before an append, at most once a second per process: a host that
-        missed a rotation stops accepting entries (their receipts would carry a retired key's
-        signature) within a second of it, for one primary-key read per second."""
-        now = time.monotonic()
-        if now - self._key_checked_at < KEY_CHECK_INTERVAL:
-            return
+        # A host that missed a rotation stops here: nothing is written, and no receipt carries a
+        # retired key's signature. One primary-key read per group.
         self.require_current_key(session, self.signer.verifier.key_id.hex())
-        self._key_checked_at = now
+        return state
 
     def checkpoint(self) -> SignedCheckpoint:
         """A signed checkpoint of the current tree."""
@@ -502,12 +491,15 @@ class ProvenEntries:
     checkpoint: SignedCheckpoint
     entries: dict[int, StoredEntry]
     proofs: dict[int, list[bytes]]
+    verifier_key: str  # of the key that signed `checkpoint`
 
 
 def prove_entries(ledger: Ledger, seqs: Sequence[int]) -> ProvenEntries:
     """Reads `seqs` and proves each against the current tree, in one consistent read."""
     wanted = sorted(set(seqs))
+    signer = ledger.signer  # one signer for the note and the verifier key the bundle names
     with ledger.db.read() as session:
+        ledger.require_current_key(session, signer.verifier.key_id.hex())
         size = tree_size(session)
         root = root_at(session, size)
         missing = [s for s in wanted if s >= size]
@@ -520,5 +512,5 @@ def prove_entries(ledger: Ledger, seqs: Sequence[int]) -> ProvenEntries:
         ).all()
         entries = {e.seq: _stored(e, p) for e, p in rows}
         proofs = inclusion_proofs(session, wanted, size) if wanted else {}
-    note = ledger._sign(size, root)
-    return ProvenEntries(SignedCheckpoint(size=size, root=root, note=note), entries, proofs)
+    note = ledger._sign_cached(signer, size, root)
+    return ProvenEntries(SignedCheckpoint(size=size, root=root, note=note), entries, proofs, signer.verifier.line())
