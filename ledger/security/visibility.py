@@ -33,7 +33,9 @@ class PayloadGate:
     def __init__(self, principal: AuthenticatedPrincipal) -> None:
         self.principal = principal
         self.missing = SENSITIVE - principal.clearances
-        self.scoped = "pipeline" in principal.roles and not (principal.roles - {"pipeline"}) and principal.namespaces
+        only_pipeline = principal.roles == frozenset({"pipeline"})
+        self.scoped = only_pipeline and bool(principal.namespaces)
+        self._tagged: bool | None = None
 
     @property
     def open(self) -> bool:
@@ -47,6 +49,8 @@ class PayloadGate:
         """
         if self.open:
             return {}
+        if not self.scoped and not self._any_tags(conn):
+            return {}  # nothing is classified: nothing to withhold, and no payload to parse
         out: dict[int, str] = {}
         refs: dict[int, set[tuple[str, str]]] = {}
         for seq, kind, payload in entries:
@@ -67,6 +71,12 @@ class PayloadGate:
                 if need:
                     out[seq] = f"names data classified {', '.join(sorted(need))}; needs clearance for it"
         return out
+
+    def _any_tags(self, conn: Any) -> bool:
+        """Whether any dataset carries a tag at all (asked once per gate, that is once per request)."""
+        if self._tagged is None:
+            self._tagged = conn.execute(select(DatasetTags.__table__.c.dataset_id).limit(1)).first() is not None  # type: ignore[attr-defined]
+        return self._tagged
 
     def _sensitive(self, conn: Any, names: set[tuple[str, str]]) -> dict[tuple[str, str], set[str]]:
         """The uncleared sensitive tags of each named dataset that has any."""
