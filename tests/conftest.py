@@ -296,3 +296,26 @@ def projection_snapshot(runtime: Any) -> dict[str, list[Any]]:
                     tuple(json.dumps(getattr(r, c), sort_keys=True, default=str) for c in cols) for r in rows
                 )
     return out
+
+
+@pytest.fixture
+def vkey(runtime: Runtime) -> str:
+    """The verifier key line of the test log."""
+    return runtime.ledger.signer.verifier.line()
+
+
+@pytest.fixture
+def base(runtime: Runtime, tokens: Tokens) -> int:
+    """Entries in the log before the test posts anything (`ledger init` records the policy bundle)."""
+    return runtime.ledger.size()
+
+
+@pytest.fixture
+def pipeline_runs(client, tokens: Tokens) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """The example pipeline (raw source, clean, features, train) posted as the pipeline principal."""
+    from pipeline import build_pipeline
+
+    def post(event: dict[str, Any]) -> None:
+        assert client.post("/api/v1/lineage", json=event, headers=auth(tokens.pipeline)).status_code == 201
+
+    return build_pipeline(post)

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import pytest
 from conftest import auth
 from events import run_event
-from pipeline import build_pipeline, registration, validation
+from pipeline import registration, validation
 
 BASE = "/api/v1/models/churn/versions"
-
-
-@pytest.fixture
-def runs(client, tokens) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    def post(event: dict[str, Any]) -> None:
-        assert client.post("/api/v1/lineage", json=event, headers=auth(tokens.pipeline)).status_code == 201
-
-    return build_pipeline(post)
 
 
 def _classify(client, tokens, ns: str, name: str) -> None:  # type: ignore[no-untyped-def]
@@ -42,7 +31,7 @@ def _decide(client, tokens, principal: str, purpose: str):  # type: ignore[no-un
     )
 
 
-def test_access_decisions_follow_the_policy_and_are_recorded(client, tokens, runtime, runs) -> None:
+def test_access_decisions_follow_the_policy_and_are_recorded(client, tokens, runtime, pipeline_runs) -> None:
     _classify(client, tokens, "s3://raw", "customers")
     runtime.principals.create("dpo", roles=["auditor"], clearances=["pii"])
     runtime.principals.create("analyst", roles=["auditor"])
@@ -74,7 +63,9 @@ def test_access_decisions_follow_the_policy_and_are_recorded(client, tokens, run
     assert runtime.ledger.size() == size
 
 
-def test_intake_violation_is_recorded_listed_and_blocks_promotion_until_resolved(client, tokens, runtime, runs) -> None:
+def test_intake_violation_is_recorded_listed_and_blocks_promotion_until_resolved(
+    client, tokens, runtime, pipeline_runs
+) -> None:
     _classify(client, tokens, "s3://raw", "customers")
     # etl-nightly (no pii clearance) runs a job reading the pii data: recorded, and a violation.
     before = runtime.ledger.size()
@@ -128,7 +119,7 @@ def test_intake_violation_is_recorded_listed_and_blocks_promotion_until_resolved
     assert not any("violation" in v for v in r.get_json()["decision"]["violations"]), r.get_json()
 
 
-def test_cleared_pipeline_reads_without_violation(client, tokens, runtime, runs) -> None:
+def test_cleared_pipeline_reads_without_violation(client, tokens, runtime, pipeline_runs) -> None:
     _classify(client, tokens, "s3://raw", "customers")
     _, cleared = runtime.principals.create("etl-pii", roles=["pipeline"], clearances=["pii"])
     r = client.post(

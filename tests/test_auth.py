@@ -54,11 +54,6 @@ def assert_unauthorized(r: Any, case: Any = "") -> None:
     assert r.headers["WWW-Authenticate"].startswith("Bearer"), case
 
 
-@pytest.fixture
-def base(runtime: Any, tokens: Any) -> int:
-    """Entries in the log before the test posts anything (`ledger init` records the policy bundle)."""
-    return runtime.ledger.size()  # type: ignore[no-any-return]
-
 
 # --- intake --------------------------------------------------------------------------------------
 

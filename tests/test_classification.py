@@ -6,23 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from conftest import auth
 from events import dataset_event, run_event
-from pipeline import build_pipeline, registration, validation
+from pipeline import registration, validation
 
 from ledger.governance.bundle import verify_bundle
 from ledger.security.classification import propagate
 
 BASE = "/api/v1/models/churn/versions"
 
-
-@pytest.fixture
-def pipeline_runs(client, tokens) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    def post(event: dict[str, Any]) -> None:
-        assert client.post("/api/v1/lineage", json=event, headers=auth(tokens.pipeline)).status_code == 201
-
-    return build_pipeline(post)
 
 
 def _tags(client, token: str, ns: str, name: str) -> list[str]:  # type: ignore[no-untyped-def]

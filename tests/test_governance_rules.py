@@ -19,14 +19,6 @@ from ledger.runtime import build_runtime, initialise
 BASE = "/api/v1/models/churn/versions"
 
 
-@pytest.fixture
-def trained(client, tokens) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    def post(event: dict[str, Any]) -> None:
-        assert client.post("/api/v1/lineage", json=event, headers=auth(tokens.pipeline)).status_code == 201
-
-    return build_pipeline(post)
-
-
 def _problem(r, status: int, field: str | None = None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     assert r.status_code == status, r.get_json()
     assert r.mimetype == "application/problem+json"
@@ -36,30 +28,32 @@ def _problem(r, status: int, field: str | None = None) -> dict[str, Any]:  # typ
     return body
 
 
-def test_bad_governance_input_is_refused_and_writes_nothing(client, tokens, runtime, trained) -> None:
+def test_bad_governance_input_is_refused_and_writes_nothing(client, tokens, runtime, pipeline_runs) -> None:
     size = runtime.ledger.size()
     # Unknown training run: 404.
     _problem(
         client.post(BASE, json=registration(str(uuid.uuid4())), headers=auth(tokens.pipeline)), 404, "training_run_id"
     )
     # Malformed digest: 400 naming the field.
-    bad = registration(trained["train"])
+    bad = registration(pipeline_runs["train"])
     bad["artifact"]["digest"] = "md5:abc"
     _problem(client.post(BASE, json=bad, headers=auth(tokens.pipeline)), 400, "/artifact/digest")
     # Unknown member, wrong type, bad version string: 400.
     _problem(
-        client.post(BASE, json={**registration(trained["train"]), "extra": 1}, headers=auth(tokens.pipeline)),
+        client.post(BASE, json={**registration(pipeline_runs["train"]), "extra": 1}, headers=auth(tokens.pipeline)),
         400,
         "extra",
     )
     _problem(
-        client.post(BASE, json={**registration(trained["train"]), "version": 3}, headers=auth(tokens.pipeline)),
+        client.post(BASE, json={**registration(pipeline_runs["train"]), "version": 3}, headers=auth(tokens.pipeline)),
         400,
         "version",
     )
     _problem(
         client.post(
-            "/api/v1/models/bad%20name/versions", json=registration(trained["train"]), headers=auth(tokens.pipeline)
+            "/api/v1/models/bad%20name/versions",
+            json=registration(pipeline_runs["train"]),
+            headers=auth(tokens.pipeline),
         ),
         400,
         "name",
@@ -76,10 +70,14 @@ def test_bad_governance_input_is_refused_and_writes_nothing(client, tokens, runt
     _problem(client.get("/api/v1/provenance/models/nope/versions/1/bundle", headers=auth(tokens.auditor)), 404)
     assert runtime.ledger.size() == size
 
-    assert client.post(BASE, json=registration(trained["train"]), headers=auth(tokens.pipeline)).status_code == 201
+    assert (
+        client.post(BASE, json=registration(pipeline_runs["train"]), headers=auth(tokens.pipeline)).status_code == 201
+    )
     size = runtime.ledger.size()
     # Registered twice: 409.
-    _problem(client.post(BASE, json=registration(trained["train"]), headers=auth(tokens.pipeline)), 409, "version")
+    _problem(
+        client.post(BASE, json=registration(pipeline_runs["train"]), headers=auth(tokens.pipeline)), 409, "version"
+    )
     # A validation contradicting its thresholds: 422.
     contradicting = {**validation("performance", auc=0.70), "passed": True}
     body = _problem(
@@ -110,10 +108,10 @@ def test_bad_governance_input_is_refused_and_writes_nothing(client, tokens, runt
     assert r.status_code == 201 and r.get_json()["validation"]["passed"] is False
 
 
-def test_segregation_of_duties(client, tokens, runtime, trained) -> None:
+def test_segregation_of_duties(client, tokens, runtime, pipeline_runs) -> None:
     """An approver who registered the model, or trained it, does not count."""
     _, both = runtime.principals.create("registrar-approver", roles=["pipeline", "approver"])
-    assert client.post(BASE, json=registration(trained["train"]), headers=auth(both)).status_code == 201
+    assert client.post(BASE, json=registration(pipeline_runs["train"]), headers=auth(both)).status_code == 201
     for kind in ("performance", "bias"):
         assert (
             client.post(f"{BASE}/3/validations", json=validation(kind), headers=auth(tokens.pipeline)).status_code
@@ -168,8 +166,8 @@ def test_unreproducible_model_is_denied_with_what_is_missing(client, tokens, run
     assert any("code version" in v for v in r.get_json()["decision"]["violations"])
 
 
-def test_policy_dry_run_records_nothing(client, tokens, runtime, trained) -> None:
-    client.post(BASE, json=registration(trained["train"]), headers=auth(tokens.pipeline))
+def test_policy_dry_run_records_nothing(client, tokens, runtime, pipeline_runs) -> None:
+    client.post(BASE, json=registration(pipeline_runs["train"]), headers=auth(tokens.pipeline))
     size = runtime.ledger.size()
     r = client.post(
         "/api/v1/policies/evaluate",
@@ -251,12 +249,12 @@ def test_a_broken_policy_stops_start_up(tmp_path: Path, source: str, message: st
     assert r.stderr.startswith("error: ") and "promotion.rego" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_rebuild_reproduces_every_projection(client, tokens, runtime, trained) -> None:
+def test_rebuild_reproduces_every_projection(client, tokens, runtime, pipeline_runs) -> None:
     from conftest import projection_snapshot
 
     from ledger.projections import rebuild_all
 
-    client.post(BASE, json=registration(trained["train"]), headers=auth(tokens.pipeline))
+    client.post(BASE, json=registration(pipeline_runs["train"]), headers=auth(tokens.pipeline))
     client.post(f"{BASE}/3/validations", json=validation("performance"), headers=auth(tokens.pipeline))
     client.post(f"{BASE}/3/approvals", json={"stage": "production"}, headers=auth(tokens.approver))
     client.post(f"{BASE}/3/promotions", json={"stage": "production"}, headers=auth(tokens.pipeline))

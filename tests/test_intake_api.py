@@ -78,15 +78,6 @@ def post_raw(
     return client.post(path, data=data, headers=headers)
 
 
-@pytest.fixture
-def vkey(runtime: Any) -> str:
-    return runtime.ledger.signer.verifier.line()  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def base(runtime: Any, tokens: Any) -> int:
-    """Entries in the log before the test posts anything (`ledger init` records the policy bundle)."""
-    return runtime.ledger.size()  # type: ignore[no-any-return]
 
 
 # --- one event ---------------------------------------------------------------------------------

@@ -86,15 +86,6 @@ def leaves(entries: list[dict[str, Any]]) -> list[bytes]:
     return [leaf_hash(rfc8785.dumps(e["header"])) for e in entries]
 
 
-@pytest.fixture
-def vkey(runtime: Any) -> str:
-    return runtime.ledger.signer.verifier.line()  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def base(runtime: Any, tokens: Any) -> int:
-    """Entries in the log before the test posts anything (`ledger init` records the policy bundle)."""
-    return runtime.ledger.size()  # type: ignore[no-any-return]
 
 
 @pytest.fixture
