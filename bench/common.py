@@ -839,6 +839,16 @@ def fill_direct(srv: Server, target: int, *, batch: int = 5000) -> dict[str, Any
     return out
 
 
+def add_server_env(parser: Any) -> None:
+    """The `--server-env KEY=VALUE` option every server benchmark takes (read with `parse_env`)."""
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        metavar="KEY=VALUE",
+        help="environment variable for the server (repeatable), e.g. MALLOC_ARENA_MAX=2",
+    )
+
+
 def parse_env(items: list[str] | None) -> dict[str, str]:
     """`--server-env KEY=VALUE` options as a dict."""
     out = {}

@@ -27,6 +27,7 @@ from common import (
     CpuMeter,
     EventFactory,
     Server,
+    add_server_env,
     auth_headers,
     batch_successes,
     log,
@@ -180,12 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--concurrency", default="16,32", help="connections for single-event intake (list)")
     p.add_argument("--batch", type=int, default=500, help="events per batch request")
     p.add_argument("--batch-clients", type=int, default=4, help="concurrent batch clients")
-    p.add_argument(
-        "--server-env",
-        action="append",
-        metavar="KEY=VALUE",
-        help="environment variable for the server (repeatable), e.g. MALLOC_ARENA_MAX=2",
-    )
+    add_server_env(p)
     a = p.parse_args(argv)
     remember_start()
     with running_server(env=parse_env(a.server_env)) as srv:

@@ -32,6 +32,7 @@ from typing import Any
 from common import (
     CpuMeter,
     Server,
+    add_server_env,
     auth_headers,
     fill_direct,
     fill_http,
@@ -224,12 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--entries", type=int, help="tree size to measure at (default 1,000,000)")
     p.add_argument("--samples", type=int, help="proof requests per measurement (default 5,000)")
     p.add_argument("--fill", choices=["direct", "http"], default="direct")
-    p.add_argument(
-        "--server-env",
-        action="append",
-        metavar="KEY=VALUE",
-        help="environment variable for the server (repeatable), e.g. MALLOC_ARENA_MAX=2",
-    )
+    add_server_env(p)
     a = p.parse_args(argv)
     remember_start()
     entries = a.entries or (100_000 if a.quick else 1_000_000)

@@ -25,6 +25,7 @@ import proofs
 import pymerkle_compare
 import verify
 from common import (
+    add_server_env,
     fill_direct,
     fill_http,
     log,
@@ -57,12 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--entries", type=int)
     p.add_argument("--fill", choices=["direct", "http"], default="direct")
     p.add_argument("--skip", default="", help="comma-separated: intake,proofs,verify,pymerkle")
-    p.add_argument(
-        "--server-env",
-        action="append",
-        metavar="KEY=VALUE",
-        help="environment variable for the server (repeatable), e.g. MALLOC_ARENA_MAX=2",
-    )
+    add_server_env(p)
     a = p.parse_args(argv)
     remember_start()
     skip = {s.strip() for s in a.skip.split(",") if s.strip()}

@@ -24,7 +24,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import CpuMeter, Server, log, log_size, parse_env, remember_start, running_server, write_results
+from common import (
+    CpuMeter,
+    Server,
+    add_server_env,
+    log,
+    log_size,
+    parse_env,
+    remember_start,
+    running_server,
+    write_results,
+)
 
 TARGET = 100_000
 RATE_RE = re.compile(r"OK: (\d+) entries verified .* in ([\d.]+) s, ([\d,]+) entries/s")
@@ -105,12 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--entries", type=int, help="log size (default 1,000,000)")
     p.add_argument("--fill", choices=["direct", "http"], default="direct")
     p.add_argument("--repeat", type=int, default=1)
-    p.add_argument(
-        "--server-env",
-        action="append",
-        metavar="KEY=VALUE",
-        help="environment variable for the server (repeatable), e.g. MALLOC_ARENA_MAX=2",
-    )
+    add_server_env(p)
     a = p.parse_args(argv)
     remember_start()
     entries = a.entries or (100_000 if a.quick else 1_000_000)
