@@ -11,14 +11,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlmodel import Session, col
+from sqlmodel import col
 
 from ledger.errors import ConfigurationError
 from ledger.store.db import Database
 from ledger.store.ledger import Ledger
-from ledger.store.models import SigningKey, StoredCheckpoint
+from ledger.store.models import SigningKey
 from ledger.store.tree import root_at, tree_size
-from ledger.tlog.note import Checkpoint, NoteSigner
+from ledger.tlog.note import NoteSigner
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -91,14 +91,7 @@ class Keyring:
                 row.valid_until = now
             session.add(_row(new, now, size))
             for signer in (old, new):
-                self._store(session, signer, size, root, now)
-
-    @staticmethod
-    def _store(session: Session, signer: NoteSigner, size: int, root: bytes, now: datetime) -> None:
-        kid = signer.verifier.key_id.hex()
-        if session.get(StoredCheckpoint, (size, kid)) is None:
-            note = signer.sign_checkpoint(Checkpoint(signer.name, size, root))
-            session.add(StoredCheckpoint(size=size, key_id=kid, note=note, created_at=now))
+                self.ledger.store_signed(session, signer, size, root)
 
     def describe(self) -> dict[str, Any]:
         with self.db.read() as session:

@@ -123,13 +123,13 @@ def check_host_key(path: Path, origin: str, current: str | None, retired_at: str
             f"no signing key at {path}, and this log is already signed by key {current_id}: copy the key "
             "file from a host of this deployment (or point LEDGER_SIGNING_KEY at it)"
         )
-    mine = NoteSigner(name=log_origin, private_key=load_signing_key(path)).verifier
-    if origin != log_origin and mine.line() == current:
+    key = load_signing_key(path)
+    if origin != log_origin and NoteSigner(name=log_origin, private_key=key).verifier.line() == current:
         raise ConfigurationError(
             f"this host's origin is {origin!r}, but the log's is {log_origin!r}: set LEDGER_ORIGIN={log_origin} "
             "on every host of this deployment"
         )
-    here = key_id_of(load_signing_key(path), origin)
+    here = key_id_of(key, origin)
     if here == current_id and origin == log_origin:
         return
     pending = pending_key_path(path)

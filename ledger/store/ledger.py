@@ -387,13 +387,22 @@ class Ledger:
         with self.db.write() as session:
             self.require_current_key(session, key_id)
             size = tree_size(session)
-            exists = session.get(StoredCheckpoint, (size, key_id))
-            if exists is not None:
+            if session.get(StoredCheckpoint, (size, key_id)) is not None:
                 return None
             root = root_at(session, size)
-            note = self._sign_cached(signer, size, root)
-            session.add(StoredCheckpoint(size=size, key_id=key_id, note=note, created_at=self.clock()))
+            note = self.store_signed(session, signer, size, root)
         return SignedCheckpoint(size=size, root=root, note=note)
+
+    def store_signed(self, session: Session, signer: NoteSigner, size: int, root: bytes) -> str:
+        """Within the caller's write transaction: stores `signer`'s checkpoint of the tree (size, root)
+        unless that key has stored one of this size already; returns the note."""
+        key_id = signer.verifier.key_id.hex()
+        stored = session.get(StoredCheckpoint, (size, key_id))
+        if stored is not None:
+            return stored.note
+        note = self._sign_cached(signer, size, root)
+        session.add(StoredCheckpoint(size=size, key_id=key_id, note=note, created_at=self.clock()))
+        return note
 
     def stored_checkpoints(self) -> list[StoredCheckpoint]:
         with self.db.read() as session:
