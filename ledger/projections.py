@@ -14,7 +14,7 @@ from sqlalchemy import select, text
 from sqlmodel import Session, SQLModel
 
 from ledger.governance import models as governance_models
-from ledger.governance.projection import project_governance
+from ledger.governance.projection import GOVERNANCE_KINDS, project_governance
 from ledger.lineage import models as lineage_models
 from ledger.lineage.events import LINEAGE_KINDS
 from ledger.lineage.projection import project_lineage
@@ -68,10 +68,7 @@ PROJECTION_TABLES: list[str] = [t.__tablename__ for _, tables, _ in PROJECTIONS 
 # classification rows point at lineage dataset ids, so those two go as one; governance stands alone.
 GROUPS: list[tuple[frozenset[str], frozenset[str]]] = [
     (frozenset({"lineage", "classification"}), frozenset({*LINEAGE_KINDS, "dataset.classification"})),
-    (
-        frozenset({"governance"}),
-        frozenset({"model.version", "validation.result", "approval", "promotion.decision", "deployment"}),
-    ),
+    (frozenset({"governance"}), frozenset(GOVERNANCE_KINDS)),
 ]
 
 

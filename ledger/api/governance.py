@@ -29,7 +29,7 @@ from ledger.governance.projection import require_version
 from ledger.governance.provenance import promotion_input
 from ledger.governance.service import GovernanceService
 from ledger.runtime import Runtime
-from ledger.security.visibility import PayloadGate
+from ledger.security.visibility import withhold_for
 from ledger.tlog.entry import format_time
 
 blp = Blueprint("governance", __name__, url_prefix="/api/v1", description="Model governance and provenance")
@@ -168,10 +168,7 @@ def provenance(name: str, version: str) -> Response:
 def bundle(name: str, version: str) -> Response:
     """A self-contained audit bundle; `ledger verify BUNDLE --key VKEY` checks it offline."""
     doc = _gov().bundle(_name(name), version)
-    gate = PayloadGate(current_principal())
-    if not gate.open:
-        with _rt().db.statement() as conn:
-            gate.withhold(conn, doc["entries"])
+    withhold_for(current_principal(), _rt().db, doc["entries"])
     return jsonify(doc)
 
 

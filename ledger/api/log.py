@@ -19,7 +19,7 @@ from ledger.api.schemas import (
     ProblemSchema,
 )
 from ledger.errors import InvalidRequestError
-from ledger.security.visibility import PayloadGate
+from ledger.security.visibility import PayloadGate, withhold_for
 from ledger.store.export import export_lines
 from ledger.store.ledger import Ledger
 from ledger.tlog.entry import KINDS
@@ -127,11 +127,7 @@ def export() -> Response:
 
 def _visible(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Entry JSON with the payloads this principal may not read withheld (see ledger.security.visibility)."""
-    gate = PayloadGate(current_principal())
-    if not gate.open:
-        with _ledger().db.statement() as conn:
-            gate.withhold(conn, entries)
-    return entries
+    return withhold_for(current_principal(), _ledger().db, entries)
 
 
 @blp.route("/proof/inclusion", methods=["GET"])

@@ -51,11 +51,13 @@ class AuthenticatedPrincipal:
     def has_any(self, *roles: str) -> bool:
         return bool(self.roles & set(roles))
 
-    def may_read_namespace(self, namespace: str) -> bool:
+    @property
+    def reads_scoped(self) -> bool:
         """Pipelines read only their own namespaces (none listed: all); every other role reads all."""
-        if self.roles - {"pipeline"} or not self.namespaces:
-            return True
-        return namespace in self.namespaces
+        return not (self.roles - {"pipeline"}) and bool(self.namespaces)
+
+    def may_read_namespace(self, namespace: str) -> bool:
+        return not self.reads_scoped or namespace in self.namespaces
 
     def may_write_namespace(self, namespace: str) -> bool:
         """Admins write anywhere; pipelines only in their namespaces (none listed: unrestricted)."""

@@ -24,7 +24,7 @@ from ledger.lineage.models import Dataset
 from ledger.security.classification import SENSITIVE
 from ledger.security.models import DatasetTags
 from ledger.security.principals import AuthenticatedPrincipal
-from ledger.store.db import chunks
+from ledger.store.db import Database, chunks
 
 
 class PayloadGate:
@@ -33,8 +33,7 @@ class PayloadGate:
     def __init__(self, principal: AuthenticatedPrincipal) -> None:
         self.principal = principal
         self.missing = SENSITIVE - principal.clearances
-        only_pipeline = principal.roles == frozenset({"pipeline"})
-        self.scoped = only_pipeline and bool(principal.namespaces)
+        self.scoped = principal.reads_scoped
         self._tagged: bool | None = None
 
     @property
@@ -45,7 +44,7 @@ class PayloadGate:
     def withheld(self, conn: Any, entries: Iterable[tuple[int, str, Any]]) -> dict[int, str]:
         """seq -> why, for the entries (seq, kind, payload as dict or JSON text) withheld from this principal.
 
-        `conn` is a Session or Connection; one query per CHUNK datasets named by the entries.
+        `conn` is a Session or Connection; one query per few hundred datasets the entries name.
         """
         if self.open:
             return {}
@@ -59,7 +58,7 @@ class PayloadGate:
             event = json.loads(payload) if isinstance(payload, str | bytes) else payload
             if not isinstance(event, dict):
                 continue
-            if self.scoped and not written_namespaces(kind, event) <= self.principal.namespaces:
+            if not all(self.principal.may_read_namespace(ns) for ns in written_namespaces(kind, event)):
                 out[seq] = "written to a namespace outside this principal's scope"
                 continue
             if self.missing:
@@ -97,10 +96,19 @@ class PayloadGate:
 
     def withhold(self, conn: Any, entries: list[dict[str, Any]]) -> None:
         """Nulls payload and salt, and says why, in the entry JSON objects withheld from this principal."""
-        if self.open:
-            return
         hidden = self.withheld(conn, [(e["header"]["seq"], e["header"]["kind"], e["payload"]) for e in entries])
         for e in entries:
             reason = hidden.get(e["header"]["seq"])
             if reason is not None:
                 e.update(payload=None, salt=None, withheld=reason)
+
+
+def withhold_for(
+    principal: AuthenticatedPrincipal, db: Database, entries: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Entry JSON objects with the payloads `principal` may not read withheld (in place); returned."""
+    gate = PayloadGate(principal)
+    if not gate.open:
+        with db.statement() as conn:
+            gate.withhold(conn, entries)
+    return entries
