@@ -20,14 +20,60 @@ def _settings() -> Settings:
         raise click.ClickException(e.detail) from e
 
 
+def describe_failure(e: BaseException) -> str:
+    """One line that says what went wrong, for any failure a command can meet."""
+    import requests
+
+    if isinstance(e, LedgerError):
+        return e.detail
+    if isinstance(e, requests.HTTPError) and e.response is not None:
+        r = e.response
+        detail = ""
+        try:
+            body = r.json()
+            detail = str(body.get("detail") or body.get("title") or "") if isinstance(body, dict) else ""
+        except ValueError:
+            detail = r.text[:200]
+        where = f"{r.request.method} {r.url}" if r.request is not None else r.url
+        hint = " (check the token: --token or LEDGER_TOKEN)" if r.status_code in (401, 403) else ""
+        return f"{where} answered {r.status_code} {r.reason}{': ' + detail if detail else ''}{hint}"
+    if isinstance(e, requests.ConnectionError):
+        url = e.request.url if e.request is not None else "the service"
+        return f"cannot reach {url}: is the service running there? ({_root_cause(e)})"
+    if isinstance(e, requests.Timeout):
+        return f"no answer in time from {e.request.url if e.request is not None else 'the service'}"
+    if isinstance(e, requests.RequestException):
+        return f"request failed: {_root_cause(e)}"
+    if isinstance(e, OSError):
+        where = f": {e.filename}" if e.filename else ""
+        return f"{e.strerror or e}{where}"
+    return f"unexpected {type(e).__name__}: {e} (LEDGER_DEBUG=1 shows the traceback)"
+
+
+def _root_cause(e: BaseException) -> str:
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    text = str(e)
+    return text.split("] ", 1)[-1] if "] " in text else text  # drop "[Errno 111] "-style prefixes
+
+
 class _LedgerGroup(click.Group):
-    """Turns a LedgerError (a policy that does not load, a bad setting) into a clear message and exit 1."""
+    """Every failure of every command is one line on stderr and a non-zero exit, never a traceback.
+
+    LEDGER_DEBUG=1 lets the traceback through, for a bug report.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
+        import os
+
         try:
             return super().invoke(ctx)
-        except LedgerError as e:
-            click.echo(f"error: {e.detail}", err=True)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            if os.environ.get("LEDGER_DEBUG") == "1":
+                raise
+            click.echo(f"error: {' '.join(describe_failure(e).split())}", err=True)
             sys.exit(1)
 
 
@@ -55,15 +101,36 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     """Run the service under gunicorn (runs `init` first when needed)."""
     import subprocess
 
-    from ledger.server import run_server
+    from ledger.server import child_command, run_server
 
     s = _settings()
+    _require_free_port(host, port)
     # Initialise in a child process: the gunicorn master then never imports the application (its
     # memory stays small, and it holds no database connection for the workers to inherit).
-    boot = subprocess.run([sys.executable, "-m", "ledger.cli", "bootstrap"], check=False)
+    boot = subprocess.run(child_command("ledger.cli", "bootstrap"), check=False)  # noqa: S603 (our own module)
     if boot.returncode != 0:
         sys.exit(boot.returncode)
     run_server(s, host=host, port=port, workers=workers, threads=threads)
+
+
+def _require_free_port(host: str, port: int) -> None:
+    """Fail in one line when the address is taken, before gunicorn retries it for seconds."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind(addr)
+        except OSError as e:
+            busy = e.errno == errno.EADDRINUSE
+            why = "the address is in use (another `ledger serve`?); choose another --port" if busy else e.strerror
+            raise click.ClickException(f"cannot listen on {host}:{port}: {why}") from e
 
 
 @main.command(hidden=True)
@@ -209,7 +276,7 @@ def _verify_url(url: str, vkey: str, token: str | None) -> None:
         click.echo(f"FAILED: {e.detail}", err=True)
         sys.exit(1)
     except requests.RequestException as e:
-        click.echo(f"FAILED: cannot read the log: {e}", err=True)
+        click.echo(f"FAILED: cannot read the log: {describe_failure(e)}", err=True)
         sys.exit(2)
     dt = time.perf_counter() - t0
     rate = report.size / dt if dt > 0 else 0.0

@@ -11,6 +11,16 @@ from gunicorn.app.base import BaseApplication
 from ledger.config import Settings
 
 
+def child_command(module: str, *args: str) -> list[str]:
+    """The command line of a child process that runs `module` of the *installed* package.
+
+    `python -m` puts the current directory first on the import path, so run from a source checkout
+    it would import the checkout's `ledger/` instead of the installed one (which alone carries the
+    packaged migrations and policies). `-P` (Python 3.11) leaves the current directory out.
+    """
+    return [sys.executable, "-P", "-m", module, *args]
+
+
 class LedgerServer(BaseApplication):  # type: ignore[misc]
     def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
         self.settings = settings
@@ -35,7 +45,7 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int, thread
         # connection, since every worker it forks would inherit it (fatal for SQLite's locks). The
         # job's lease row then makes it one run per deployment.
         if settings.run_scheduler:
-            scheduler.append(subprocess.Popen([sys.executable, "-m", "ledger.jobs"]))
+            scheduler.append(subprocess.Popen(child_command("ledger.jobs")))  # noqa: S603 (our own module)
 
     def on_exit(_server: Any) -> None:
         for proc in scheduler:

@@ -14,7 +14,10 @@ from ledger.store.ledger import Ledger
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [scheduler] %(message)s")
+    # Quiet unless something is wrong: a run that stores a checkpoint logs at DEBUG, and APScheduler's
+    # "Running job" / "executed successfully" lines (INFO, several a minute) are left out.
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [scheduler] %(levelname)s %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     settings = Settings.from_env()
     # Only the log: the scheduler process imports no web framework, policy engine or projections.

@@ -51,7 +51,7 @@ def checkpoint_job(ledger: Ledger, interval: float) -> Callable[[], None]:
                 return
             stored = ledger.store_checkpoint()
             if stored is not None:
-                log.info("stored checkpoint of size %d", stored.size)
+                log.debug("stored checkpoint of size %d", stored.size)
         except Exception:  # a failed run must not kill the scheduler; the next one retries
             log.exception("checkpoint job failed")
 
