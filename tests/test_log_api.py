@@ -1,6 +1,6 @@
 """The log API (DESIGN.md 4): checkpoint, keys, entries, paging, proofs and export.
 
-Roots are recomputed with the reference (`tlog_ref.mth`) from leaf hashes recomputed from the JCS
+Roots are recomputed with the spec reference (`spec_ref.mth`) from leaf hashes recomputed from the JCS
 bytes of the headers the API serves, so no answer of the ledger is trusted to check another.
 """
 
@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 import rfc8785
 from conftest import auth
 from events import dataset_event, job_event, run_event
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared" / "conformance"))
-from tlog_ref import leaf_hash, mth, parse_checkpoint, verify_consistency, verify_inclusion, verify_note
+from spec_ref import leaf_hash, mth, parse_checkpoint, verify_consistency, verify_inclusion, verify_note
 
 LOG = "/api/v1/log"
 N = 21  # entries in the populated log: not a power of two, several levels deep

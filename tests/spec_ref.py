@@ -1,0 +1,141 @@
+"""An auditor's view of the log, written from the specs alone, to check what the API serves.
+
+Nothing here imports `ledger`: leaf and tree hashes follow RFC 9162 2.1.1, the proof checks follow the
+verification algorithms of RFC 9162 2.1.3.2 and 2.1.4.2 step by step, and notes and checkpoints follow
+C2SP signed-note and tlog-checkpoint. Unlike `tests/tlog/reference.py` (which builds proofs from leaf
+data), this module takes leaf *hashes*, as a client of the API holds them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+
+def _h(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def leaf_hash(data: bytes) -> bytes:
+    """RFC 9162 2.1.1: MTH({d0}) = SHA-256(0x00 || d0)."""
+    return _h(b"\x00" + data)
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    """RFC 9162 2.1.1: SHA-256(0x01 || MTH(left) || MTH(right))."""
+    return _h(b"\x01" + left + right)
+
+
+def mth(leaves: list[bytes]) -> bytes:
+    """RFC 9162 2.1.1, recursively, over leaf hashes; the empty tree hashes to SHA-256("")."""
+    n = len(leaves)
+    if n == 0:
+        return _h(b"")
+    if n == 1:
+        return leaves[0]
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    return node_hash(mth(leaves[:k]), mth(leaves[k:]))
+
+
+def _shift_until_set_or_zero(fn: int, sn: int) -> tuple[int, int]:
+    while fn & 1 == 0 and fn != 0:
+        fn >>= 1
+        sn >>= 1
+    return fn, sn
+
+
+def verify_inclusion(index: int, size: int, leaf: bytes, proof: list[bytes], root: bytes) -> bool:
+    """RFC 9162 2.1.3.2, step by step."""
+    if index >= size:
+        return False
+    fn, sn, r = index, size - 1, leaf
+    for p in proof:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            if not fn & 1:
+                fn, sn = _shift_until_set_or_zero(fn, sn)
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == root
+
+
+def verify_consistency(first: int, second: int, first_root: bytes, second_root: bytes, proof: list[bytes]) -> bool:
+    """RFC 9162 2.1.4.2, step by step (with the trivial cases first == 0 and first == second)."""
+    if first > second:
+        return False
+    if first == second:
+        return not proof and first_root == second_root
+    if first == 0:
+        return not proof
+    if not proof:
+        return False
+    path = list(proof)
+    if first & (first - 1) == 0:  # step 1: first is an exact power of two
+        path.insert(0, first_root)
+    fn, sn = first - 1, second - 1  # step 2
+    if fn & 1:  # step 3
+        while fn & 1:
+            fn >>= 1
+            sn >>= 1
+    fr = sr = path[0]  # step 4
+    for c in path[1:]:  # step 5
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            if not fn & 1:
+                fn, sn = _shift_until_set_or_zero(fn, sn)
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return fr == first_root and sr == second_root and sn == 0  # step 6
+
+
+def verify_note(note: str, vkey: str) -> str:
+    """C2SP signed-note: returns the note's text once a signature by `vkey` verifies; raises otherwise.
+
+    vkey = <name>+<hex key id>+<base64(0x01 || Ed25519 public key)>, key id = SHA-256(name || 0x0A ||
+    0x01 || public key)[:4].
+    """
+    name, hex_id, b64 = vkey.strip().split("+", 2)
+    raw = base64.b64decode(b64, validate=True)
+    if len(raw) != 33 or raw[0] != 0x01:
+        raise ValueError("not an Ed25519 note verifier key")
+    key_id = bytes.fromhex(hex_id)
+    if _h(name.encode() + b"\n" + raw)[:4] != key_id:
+        raise ValueError("verifier key id does not match its name and key")
+    text, sep, sigs = note.rpartition("\n\n")
+    if not sep:
+        raise ValueError("a note needs a blank line before its signatures")
+    text += "\n"
+    public = Ed25519PublicKey.from_public_bytes(raw[1:])
+    for line in sigs.splitlines():
+        if not line.startswith("\u2014 "):
+            raise ValueError(f"malformed signature line {line!r}")
+        who, _, sig_b64 = line[2:].rpartition(" ")
+        sig = base64.b64decode(sig_b64, validate=True)
+        if who != name or sig[:4] != key_id:
+            continue
+        try:
+            public.verify(sig[4:], text.encode())
+        except InvalidSignature as e:
+            raise ValueError("the signature by this key does not verify") from e
+        return text
+    raise ValueError("no signature by this key")
+
+
+def parse_checkpoint(text: str) -> tuple[str, int, bytes]:
+    """C2SP tlog-checkpoint: origin, decimal size, base64 root hash (extension lines ignored)."""
+    origin, size, root = text.split("\n")[:3]
+    return origin, int(size), base64.b64decode(root, validate=True)
