@@ -139,3 +139,23 @@ def parse_checkpoint(text: str) -> tuple[str, int, bytes]:
     """C2SP tlog-checkpoint: origin, decimal size, base64 root hash (extension lines ignored)."""
     origin, size, root = text.split("\n")[:3]
     return origin, int(size), base64.b64decode(root, validate=True)
+
+
+def _as_doubles(value: object) -> object:
+    """A JSON value with every number as the IEEE double it denotes (RFC 8785 3.2.2.3, I-JSON)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, list):
+        return [_as_doubles(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_doubles(v) for k, v in value.items()}
+    raise TypeError(f"not a JSON value: {type(value).__name__}")
+
+
+def same_json(a: object, b: object) -> bool:
+    """True when two JSON values are the same value: equal RFC 8785 bytes, numbers compared as doubles."""
+    import rfc8785
+
+    return bool(rfc8785.dumps(_as_doubles(a)) == rfc8785.dumps(_as_doubles(b)))
