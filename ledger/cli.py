@@ -23,9 +23,15 @@ def _settings() -> Settings:
 def describe_failure(e: BaseException) -> str:
     """One line that says what went wrong, for any failure a command can meet."""
     import requests
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
     if isinstance(e, LedgerError):
         return e.detail
+    if isinstance(e, OperationalError):
+        first = str(e.orig).splitlines()[0] if e.orig is not None else str(e)
+        return f"the database is unavailable (LEDGER_DATABASE_URL): {first}"
+    if isinstance(e, ArgumentError | NoSuchModuleError):
+        return f"LEDGER_DATABASE_URL is not a database URL this service can use: {e}"
     if isinstance(e, requests.HTTPError) and e.response is not None:
         r = e.response
         detail = ""
@@ -270,7 +276,8 @@ def _verify_url(url: str, vkey: str, token: str | None) -> None:
         from ledger.tlog.note import NoteVerifier
 
         size = fetch_checkpoint(url.rstrip("/"), NoteVerifier.parse(vkey), requests.Session()).size
-        with click.progressbar(length=size, label="verifying entries", file=sys.stderr) as bar:
+        shown = sys.stderr.isatty()  # a log file gets the result line, not a bar
+        with click.progressbar(length=size, label="verifying entries", file=sys.stderr, hidden=not shown) as bar:
             report = verify_log(url, vkey, token=token, progress=bar.update)
     except LedgerError as e:
         click.echo(f"FAILED: {e.detail}", err=True)

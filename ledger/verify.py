@@ -50,13 +50,22 @@ def fetch_checkpoint(base: str, verifier: NoteVerifier, http: requests.Session) 
     return Checkpoint.parse(verifier.verify(r.text))
 
 
+def _problem(r: requests.Response) -> str:
+    """The detail of a problem+json answer, or the start of any other body."""
+    try:
+        body = r.json()
+    except ValueError:
+        return r.text[:200]
+    return str(body.get("detail") or body.get("title")) if isinstance(body, dict) else r.text[:200]
+
+
 def iter_export(base: str, size: int, http: requests.Session, chunk: int = 100_000) -> Iterator[bytes]:
     """Export lines for [0, size), fetched in ranges so a long log streams in bounded memory."""
     for start in range(0, size, chunk):
         end = min(size, start + chunk)
         r = http.get(f"{base}/api/v1/log/export", params={"start": start, "end": end}, stream=True, timeout=300)
         if r.status_code != 200:
-            raise VerificationError(f"export [{start}, {end}) failed: HTTP {r.status_code} {r.text[:200]}")
+            raise VerificationError(f"export [{start}, {end}) failed: HTTP {r.status_code}: {_problem(r)}")
         yield from r.iter_lines(chunk_size=1 << 20)
         r.close()
 

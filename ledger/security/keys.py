@@ -50,7 +50,10 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
         data = path.read_bytes()
     except FileNotFoundError as e:
         raise ConfigurationError(f"signing key {path} does not exist; run `ledger init`") from e
-    key = load_pem_private_key(data, password=None)
+    try:
+        key = load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as e:  # not PEM, encrypted, or an unsupported key type
+        raise ConfigurationError(f"signing key {path} is not an unencrypted PEM private key ({e})") from e
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigurationError(f"signing key {path} is not an Ed25519 private key")
     return key
