@@ -257,6 +257,13 @@ def verify(bundle: Path | None, url: str | None, vkey: str, token: str | None) -
     """Verify the whole log at --url, or an audit BUNDLE offline."""
     if (bundle is None) == (url is None):
         raise click.UsageError("give either --url URL or a BUNDLE file")
+    from ledger.tlog.note import NoteVerifier
+
+    try:
+        NoteVerifier.parse(vkey)  # a malformed key is named as such, before any file or URL is read
+    except LedgerError as e:
+        click.echo(f"FAILED: --key: {e.detail}", err=True)
+        sys.exit(2)
     if url is not None:
         _verify_url(url, vkey, token)
     else:
