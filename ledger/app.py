@@ -10,7 +10,7 @@ from flask import Flask, Response, g, request
 from flask_smorest import Api
 from prometheus_client import Counter, Histogram
 
-from ledger.api import admin, governance, lineage, log, ops, reads, security
+from ledger.api import admin, governance, lineage, log, names, ops, reads, security
 from ledger.api.problems import register_error_handlers
 from ledger.config import Settings
 from ledger.errors import InvalidRequestError
@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.extensions["ledger.intake"] = rt.intake
 
     api = Api(app)
+    names.install(app, api)  # before any rule exists: every route takes names as one segment
     api.register_blueprint(lineage.blp)
     api.register_blueprint(log.blp)
     api.register_blueprint(reads.blp)

@@ -40,6 +40,7 @@ PROJECTIONS: list[tuple[str, list[type[SQLModel]], Replayer]] = [
             lineage_models.Run,
             lineage_models.RunDataset,
             lineage_models.JobDataset,
+            lineage_models.RunEvent,
         ],
         project_lineage,
     ),

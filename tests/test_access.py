@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from conftest import auth
 from events import run_event
 from pipeline import registration, validation
@@ -11,7 +13,7 @@ BASE = "/api/v1/models/churn/versions"
 
 def _classify(client, tokens, ns: str, name: str) -> None:  # type: ignore[no-untyped-def]
     r = client.post(
-        f"/api/v1/datasets/{ns}/{name}/classification",
+        f"/api/v1/datasets/{quote(ns, safe='')}/{quote(name, safe='')}/classification",
         json={"tags": ["pii"], "justification": "customer emails"},
         headers=auth(tokens.security),
     )

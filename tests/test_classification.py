@@ -5,6 +5,7 @@ the policy input, redact content facets for principals without the clearance; in
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from conftest import auth
 from events import dataset_event, run_event
@@ -16,16 +17,15 @@ from ledger.security.classification import propagate
 BASE = "/api/v1/models/churn/versions"
 
 
-
 def _tags(client, token: str, ns: str, name: str) -> list[str]:  # type: ignore[no-untyped-def]
-    r = client.get(f"/api/v1/namespaces/{ns}/datasets/{name}", headers=auth(token))
+    r = client.get(f"/api/v1/namespaces/{quote(ns, safe='')}/datasets/{quote(name, safe='')}", headers=auth(token))
     assert r.status_code == 200
     return list(r.get_json()["tags"])
 
 
 def _classify(client, token: str, ns: str, name: str, tags: list[str], declassify: bool = False):  # type: ignore[no-untyped-def]
     return client.post(
-        f"/api/v1/datasets/{ns}/{name}/classification",
+        f"/api/v1/datasets/{quote(ns, safe='')}/{quote(name, safe='')}/classification",
         json={"tags": tags, "justification": "holds customer emails", "declassify": declassify},
         headers=auth(token),
     )
@@ -93,13 +93,13 @@ def test_redaction_for_principals_without_clearance(client, tokens, runtime, pip
         json=dataset_event("s3://clean", "customers", schema={"fields": [{"name": "email", "type": "string"}]}),
         headers=auth(tokens.pipeline),
     )
-    seen = client.get("/api/v1/namespaces/s3://clean/datasets/customers", headers=auth(uncleared)).get_json()
+    seen = client.get("/api/v1/namespaces/s3%3A%2F%2Fclean/datasets/customers", headers=auth(uncleared)).get_json()
     assert "schema" not in seen["facets"] and seen["fields"] == []
     assert seen["facets"]["redacted"]["missing_clearances"] == ["pii"]
-    full = client.get("/api/v1/namespaces/s3://clean/datasets/customers", headers=auth(cleared)).get_json()
+    full = client.get("/api/v1/namespaces/s3%3A%2F%2Fclean/datasets/customers", headers=auth(cleared)).get_json()
     assert full["fields"][0]["name"] == "email"
     versions = client.get(
-        "/api/v1/namespaces/s3://clean/datasets/customers/versions", headers=auth(uncleared)
+        "/api/v1/namespaces/s3%3A%2F%2Fclean/datasets/customers/versions", headers=auth(uncleared)
     ).get_json()
     assert all(v["fields"] == [] for v in versions["versions"])
     graph = client.get(
@@ -123,7 +123,7 @@ def test_unknown_and_content_facets_are_withheld_structure_facets_shown(client, 
     }
     event = dataset_event("s3://clean", "customers", **facets)
     assert client.post("/api/v1/lineage", json=event, headers=auth(tokens.pipeline)).status_code == 201
-    seen = client.get("/api/v1/namespaces/s3://clean/datasets/customers", headers=auth(uncleared)).get_json()
+    seen = client.get("/api/v1/namespaces/s3%3A%2F%2Fclean/datasets/customers", headers=auth(uncleared)).get_json()
     assert "jane@example.com" not in str(seen)
     assert {"storage", "ownership"} <= set(seen["facets"])
     assert {"schema", "documentation", "subset", "acme_sampleRows"} <= set(seen["facets"]["redacted"]["facets"])

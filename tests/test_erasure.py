@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from conftest import auth
 from events import run_event
@@ -159,7 +160,7 @@ def test_erased_content_leaves_every_read_and_rebuild_agrees(client, tokens, run
     after = served()
     assert secret not in after and "078-05-1120" not in after
     run = client.get(f"/api/v1/jobs/runs/{run_id}", headers=auth(tokens.auditor)).get_json()
-    assert run["state"] == "COMPLETE"  # what the remaining event says still stands
+    assert run["state"] == "COMPLETED"  # what the remaining event says still stands
 
     state = projection_snapshot(runtime)
     assert "078-05-1120" not in repr(state)
@@ -183,7 +184,7 @@ def test_erasing_what_later_entries_build_on(client, tokens, runtime) -> None:
 
     first = post(run_event(job="export", outputs=[dataset("s3://crm", "contacts")]))
     r = client.post(
-        "/api/v1/datasets/s3://crm/contacts/classification",
+        "/api/v1/datasets/s3%3A%2F%2Fcrm/contacts/classification",
         json={"tags": ["pii"], "justification": "names and phone numbers", "declassify": False},
         headers=auth(tokens.security),
     )
@@ -191,7 +192,8 @@ def test_erasing_what_later_entries_build_on(client, tokens, runtime) -> None:
     post(run_event(job="report", inputs=[dataset("s3://crm", "contacts")], outputs=[dataset("s3://bi", "calls")]))
 
     def tags(ns: str, name: str) -> list[str]:
-        d = client.get(f"/api/v1/namespaces/{ns}/datasets/{name}", headers=auth(tokens.security)).get_json()
+        path = f"/api/v1/namespaces/{quote(ns, safe='')}/datasets/{quote(name, safe='')}"
+        d = client.get(path, headers=auth(tokens.security)).get_json()
         return sorted(d["tags"])
 
     assert tags("s3://crm", "contacts") == ["pii"] and tags("s3://bi", "calls") == ["pii"]

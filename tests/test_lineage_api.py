@@ -96,17 +96,17 @@ def test_runs_state_facets_versions_and_marquez_shapes(client, tokens) -> None:
         run_event(event_type="COMPLETE", run_id=run_id, job="clean", run_facets={"b": {"y": 2}, "c": {"z": 3}}),
     )
     run = client.get(f"/api/v1/jobs/runs/{run_id}", headers=auth(tokens.auditor)).get_json()
-    assert run["state"] == "COMPLETE"
+    assert run["state"] == "COMPLETED"  # Marquez's run state (DESIGN.md 8)
     # Facets are additive across a run's events; the same name replaces the earlier facet.
     assert run["facets"] == {"a": {"x": 1}, "b": {"y": 2}, "c": {"z": 3}}
     assert run["inputDatasetVersions"] == [
-        {"datasetVersionId": {"namespace": "s3://raw", "name": "customers", "version": "v1"}}
+        {"datasetVersionId": {"namespace": "s3://raw", "name": "customers", "version": "v1"}, "facets": {}}
     ]
     assert len(run["entries"]) == 2
 
     ns = client.get("/api/v1/namespaces", headers=auth(tokens.auditor)).get_json()["namespaces"]
     assert {n["name"] for n in ns} == {"etl", "s3://raw", "s3://clean"}
-    ds = client.get("/api/v1/namespaces/s3://clean/datasets/customers", headers=auth(tokens.auditor)).get_json()
+    ds = client.get("/api/v1/namespaces/s3%3A%2F%2Fclean/datasets/customers", headers=auth(tokens.auditor)).get_json()
     assert ds["id"] == {"namespace": "s3://clean", "name": "customers"} and ds["currentVersion"] == "c1"
     assert ds["fields"] == [{"name": "id", "type": "int", "tags": [], "description": None}]
     raw = client.get(
@@ -114,17 +114,17 @@ def test_runs_state_facets_versions_and_marquez_shapes(client, tokens) -> None:
     ).get_json()
     assert raw["declaredSource"] is True
     versions = client.get(
-        "/api/v1/namespaces/s3://clean/datasets/customers/versions", headers=auth(tokens.auditor)
+        "/api/v1/namespaces/s3%3A%2F%2Fclean/datasets/customers/versions", headers=auth(tokens.auditor)
     ).get_json()
     assert versions["versions"][0]["version"] == "c1"
     assert versions["versions"][0]["createdByRun"]["id"] == run_id
-    listing = client.get("/api/v1/namespaces/s3://clean/datasets", headers=auth(tokens.auditor)).get_json()
+    listing = client.get("/api/v1/namespaces/s3%3A%2F%2Fclean/datasets", headers=auth(tokens.auditor)).get_json()
     assert listing["totalCount"] == 1
     job = client.get("/api/v1/namespaces/etl/jobs/clean", headers=auth(tokens.auditor)).get_json()
     assert job["latestRun"]["id"] == run_id and job["currentVersion"] == "abc123"
     assert job["inputs"] == [{"namespace": "s3://raw", "name": "customers"}]
     runs = client.get("/api/v1/namespaces/etl/jobs/clean/runs", headers=auth(tokens.auditor)).get_json()
-    assert runs["totalCount"] == 1 and runs["runs"][0]["state"] == "COMPLETE"
+    assert runs["totalCount"] == 1 and runs["runs"][0]["state"] == "COMPLETED"
     assert client.get("/api/v1/namespaces/nope/jobs", headers=auth(tokens.auditor)).status_code == 404
     assert client.get(f"/api/v1/jobs/runs/{uuid.uuid4()}", headers=auth(tokens.auditor)).status_code == 404
 

@@ -64,7 +64,7 @@ def _body(schema: Any) -> dict[str, Any]:
 BODY = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
 
 
-@blp.route("/models/<name>/versions", methods=["POST"])
+@blp.route("/models/<name:name>/versions", methods=["POST"])
 @blp.doc(
     security=[{"bearer": []}],
     requestBody={"required": True, "content": {"application/json": {"schema": RegisterSchema}}},
@@ -76,7 +76,7 @@ def register(name: str) -> tuple[Response, int]:
     return jsonify({"model": rec.body, "receipt": receipt_json(rec.receipt)}), 201
 
 
-@blp.route("/models/<name>/versions/<version>/validations", methods=["POST"])
+@blp.route("/models/<name:name>/versions/<name:version>/validations", methods=["POST"])
 @blp.doc(
     security=[{"bearer": []}],
     requestBody={"required": True, "content": {"application/json": {"schema": ValidationSchema}}},
@@ -88,7 +88,7 @@ def validate(name: str, version: str) -> tuple[Response, int]:
     return jsonify({"validation": rec.body, "receipt": receipt_json(rec.receipt)}), 201
 
 
-@blp.route("/models/<name>/versions/<version>/approvals", methods=["POST"])
+@blp.route("/models/<name:name>/versions/<name:version>/approvals", methods=["POST"])
 @blp.doc(
     security=[{"bearer": []}],
     requestBody={"required": True, "content": {"application/json": {"schema": ApprovalSchema}}},
@@ -100,7 +100,7 @@ def approve(name: str, version: str) -> tuple[Response, int]:
     return jsonify({"approval": rec.body, "receipt": receipt_json(rec.receipt)}), 201
 
 
-@blp.route("/models/<name>/versions/<version>/promotions", methods=["POST"])
+@blp.route("/models/<name:name>/versions/<name:version>/promotions", methods=["POST"])
 @blp.doc(
     security=[{"bearer": []}],
     requestBody={"required": True, "content": {"application/json": {"schema": PromotionSchema}}},
@@ -113,7 +113,7 @@ def promote(name: str, version: str) -> tuple[Response, int]:
     return jsonify({"decision": rec.body, "receipt": receipt_json(rec.receipt)}), 201
 
 
-@blp.route("/models/<name>/versions/<version>/deployments", methods=["POST"])
+@blp.route("/models/<name:name>/versions/<name:version>/deployments", methods=["POST"])
 @blp.doc(
     security=[{"bearer": []}],
     requestBody={"required": True, "content": {"application/json": {"schema": DeploymentSchema}}},
@@ -146,7 +146,7 @@ def models() -> Response:
     return jsonify({"models": out})
 
 
-@blp.route("/models/<name>/versions/<version>", methods=["GET"])
+@blp.route("/models/<name:name>/versions/<name:version>", methods=["GET"])
 @blp.doc(security=[{"bearer": []}])
 @requires(*READ)
 def model_version(name: str, version: str) -> Response:
@@ -154,7 +154,7 @@ def model_version(name: str, version: str) -> Response:
     return jsonify({"model": _gov().model(_name(name), version)})
 
 
-@blp.route("/provenance/models/<name>/versions/<version>", methods=["GET"])
+@blp.route("/provenance/models/<name:name>/versions/<name:version>", methods=["GET"])
 @blp.doc(security=[{"bearer": []}])
 @requires(*READ)
 def provenance(name: str, version: str) -> Response:
@@ -162,7 +162,7 @@ def provenance(name: str, version: str) -> Response:
     return jsonify(_gov().report(_name(name), version))
 
 
-@blp.route("/provenance/models/<name>/versions/<version>/bundle", methods=["GET"])
+@blp.route("/provenance/models/<name:name>/versions/<name:version>/bundle", methods=["GET"])
 @blp.doc(security=[{"bearer": []}])
 @requires(*READ)
 def bundle(name: str, version: str) -> Response:

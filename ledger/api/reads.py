@@ -1,180 +1,175 @@
-"""Marquez-compatible lineage reads (DESIGN.md 4: provenance reads)."""
+"""Marquez-compatible lineage reads (DESIGN.md 4: provenance reads; 8: names in paths, run states).
+
+Each view parses its parameters, calls the read service (ledger.lineage.queries, which applies
+scope and redaction) and presents Marquez's shape (ledger.api.marquez). Names in paths are one
+URL-encoded segment each (`<name:...>`, ledger.api.names).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from flask import Response, current_app, jsonify
+from flask import Response, current_app, jsonify, request
 from flask_smorest import Blueprint
 
+from ledger.api import marquez
 from ledger.api.auth import current_principal, requires
 from ledger.api.params import int_arg, str_arg
-from ledger.errors import InvalidRequestError, PermissionDeniedError
-from ledger.lineage.queries import MAX_DEPTH, LineageReader, dataset_json, job_json, namespace_json, redacted, run_json
+from ledger.errors import InvalidRequestError
+from ledger.lineage.events import utc_time
+from ledger.lineage.nodeid import NodeId
+from ledger.lineage.queries import MAX_DEPTH, MAX_PAGE, LineageReader
 from ledger.store.db import Database
 
 blp = Blueprint("lineage_reads", __name__, url_prefix="/api/v1", description="Marquez-compatible lineage reads")
 
 READ_ROLES = ("auditor", "admin", "pipeline", "approver", "security")
+BEARER = [{"bearer": []}]
+PAGE = [
+    {"in": "query", "name": "limit", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}},
+    {"in": "query", "name": "offset", "schema": {"type": "integer", "minimum": 0}},
+]
+# Marquez's defaults for GET /events/lineage.
+EVENTS_AFTER = "1970-01-01T00:00:00.000000Z"
+EVENTS_BEFORE = "2030-01-01T00:00:00.000000Z"
 
 
 @contextmanager
 def _reader() -> Iterator[LineageReader]:
     db: Database = current_app.extensions["ledger.ledger"].db
     with db.read() as session:
-        yield LineageReader(session)
+        yield LineageReader(session, current_principal())
 
 
-def _may_read(namespace: str) -> None:
-    p = current_principal()
-    if not p.may_read_namespace(namespace):
-        raise PermissionDeniedError(f"principal {p.name!r} may not read namespace {namespace!r}", field="namespace")
+def _page(default: int = 100) -> tuple[int, int]:
+    return int_arg("limit", default=default, minimum=1, maximum=MAX_PAGE), int_arg("offset", default=0)
 
 
-def _page() -> tuple[int, int]:
-    return int_arg("limit", default=100, minimum=1, maximum=1000), int_arg("offset", default=0)
+def _node() -> NodeId:
+    node = str_arg("nodeId")
+    if not node:
+        raise InvalidRequestError("query parameter 'nodeId' is required", field="nodeId")
+    return NodeId.parse(node)
+
+
+def _time_arg(name: str, default: str | None) -> str | None:
+    raw = str_arg(name, max_length=64)
+    if raw is None or raw == "":
+        return default
+    value = utc_time(raw)
+    if value is None:
+        raise InvalidRequestError(f"query parameter {name!r} must be an ISO 8601 time with an offset", field=name)
+    return value
+
+
+def _choice(name: str, allowed: dict[str, str], default: str | None) -> str | None:
+    raw = str_arg(name, max_length=32)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() not in allowed:
+        raise InvalidRequestError(f"query parameter {name!r} must be one of {', '.join(sorted(allowed))}", field=name)
+    return allowed[raw.lower()]
+
+
+def _bool_arg(name: str) -> bool:
+    return _choice(name, {"true": "true", "false": "false"}, "false") == "true"
 
 
 @blp.route("/namespaces", methods=["GET"])
-@blp.doc(security=[{"bearer": []}])
+@blp.doc(security=BEARER, parameters=PAGE)
 @requires(*READ_ROLES)
 def namespaces() -> Response:
     """Every namespace this principal may read."""
-    p = current_principal()
+    limit, offset = _page()
     with _reader() as r:
-        rows = [namespace_json(n) for n in r.namespaces() if p.may_read_namespace(n.name)]
-    return jsonify({"namespaces": rows})
+        total, rows = r.namespaces(limit=limit, offset=offset)
+        return jsonify({"totalCount": total, "namespaces": [marquez.namespace_json(n) for n in rows]})
 
 
-@blp.route("/namespaces/<path:namespace>/datasets", methods=["GET"])
-@blp.doc(security=[{"bearer": []}])
+@blp.route("/namespaces/<name:namespace>", methods=["GET"])
+@blp.doc(security=BEARER)
+@requires(*READ_ROLES)
+def namespace(namespace: str) -> Response:
+    with _reader() as r:
+        return jsonify(marquez.namespace_json(r.namespace(namespace)))
+
+
+@blp.route("/namespaces/<name:namespace>/datasets", methods=["GET"])
+@blp.doc(security=BEARER, parameters=PAGE)
 @requires(*READ_ROLES)
 def datasets(namespace: str) -> Response:
-    _may_read(namespace)
     limit, offset = _page()
     with _reader() as r:
         total, rows = r.datasets(namespace, limit=limit, offset=offset)
-        tags = r.tags([d.id for d in rows])
-        cleared = current_principal().clearances
-        body = {
-            "totalCount": total,
-            "datasets": [dataset_json(d, tags=tags.get(d.id), clearances=cleared) for d in rows],
-        }
-    return jsonify(body)
+        return jsonify({"totalCount": total, "datasets": [marquez.dataset_json(v) for v in rows]})
 
 
-@blp.route("/namespaces/<path:namespace>/datasets/<path:name>/versions", methods=["GET"])
-@blp.doc(security=[{"bearer": []}])
-@requires(*READ_ROLES)
-def dataset_versions(namespace: str, name: str) -> Response:
-    _may_read(namespace)
-    with _reader() as r:
-        d = r.dataset(namespace, name)
-        tags = r.tags([d.id]).get(d.id)
-        hidden = "redacted" in redacted(
-            {"schema": {}}, list(tags.effective) if tags else [], current_principal().clearances
-        )
-        versions = []
-        for v in r.dataset_versions(d):
-            producer = None
-            if v.produced_by_run:
-                run = r.run(v.produced_by_run)
-                producer = run_json(run, r.job_by_id(run.job_id))
-            versions.append(
-                {
-                    "id": {"namespace": d.namespace, "name": d.name, "version": v.version},
-                    "type": "DB_TABLE",
-                    "name": d.name,
-                    "physicalName": d.name,
-                    "createdAt": v.created_at,
-                    "version": v.version,
-                    "namespace": d.namespace,
-                    "sourceName": d.namespace,
-                    "fields": []
-                    if hidden
-                    else [
-                        {"name": f.get("name"), "type": f.get("type"), "tags": [], "description": f.get("description")}
-                        for f in (v.schema_fields or [])
-                        if isinstance(f, dict)
-                    ],
-                    "tags": [],
-                    "description": None,
-                    "digest": v.digest,
-                    "createdByRun": producer,
-                    "facets": {},
-                    "entry": v.seq,
-                }
-            )
-    return jsonify({"totalCount": len(versions), "versions": versions})
-
-
-@blp.route("/namespaces/<path:namespace>/datasets/<path:name>", methods=["GET"])
-@blp.doc(security=[{"bearer": []}])
+@blp.route("/namespaces/<name:namespace>/datasets/<name:name>", methods=["GET"])
+@blp.doc(security=BEARER)
 @requires(*READ_ROLES)
 def dataset(namespace: str, name: str) -> Response:
-    _may_read(namespace)
     with _reader() as r:
-        d = r.dataset(namespace, name)
-        body = dataset_json(d, tags=r.tags([d.id]).get(d.id), clearances=current_principal().clearances)
-    return jsonify(body)
+        return jsonify(marquez.dataset_json(r.dataset(namespace, name)))
 
 
-@blp.route("/namespaces/<path:namespace>/jobs", methods=["GET"])
-@blp.doc(security=[{"bearer": []}])
+@blp.route("/namespaces/<name:namespace>/datasets/<name:name>/versions", methods=["GET"])
+@blp.doc(security=BEARER, parameters=PAGE)
+@requires(*READ_ROLES)
+def dataset_versions(namespace: str, name: str) -> Response:
+    limit, offset = _page()
+    with _reader() as r:
+        total, rows = r.dataset_versions(namespace, name, limit=limit, offset=offset)
+        return jsonify({"totalCount": total, "versions": [marquez.version_json(v) for v in rows]})
+
+
+@blp.route("/namespaces/<name:namespace>/datasets/<name:name>/versions/<name:version>", methods=["GET"])
+@blp.doc(security=BEARER)
+@requires(*READ_ROLES)
+def dataset_version(namespace: str, name: str, version: str) -> Response:
+    with _reader() as r:
+        return jsonify(marquez.version_json(r.dataset_version(namespace, name, version)))
+
+
+@blp.route("/namespaces/<name:namespace>/jobs", methods=["GET"])
+@blp.doc(security=BEARER, parameters=PAGE)
 @requires(*READ_ROLES)
 def jobs(namespace: str) -> Response:
-    _may_read(namespace)
     limit, offset = _page()
     with _reader() as r:
         total, rows = r.jobs(namespace, limit=limit, offset=offset)
-        body = {
-            "totalCount": total,
-            "jobs": [job_json(j, r.job_edges(j), r.run(j.latest_run_id) if j.latest_run_id else None) for j in rows],
-        }
-    return jsonify(body)
+        return jsonify({"totalCount": total, "jobs": [marquez.job_json(v) for v in rows]})
 
 
-@blp.route("/namespaces/<path:namespace>/jobs/<path:name>/runs", methods=["GET"])
-@blp.doc(security=[{"bearer": []}])
-@requires(*READ_ROLES)
-def job_runs(namespace: str, name: str) -> Response:
-    _may_read(namespace)
-    limit, offset = _page()
-    with _reader() as r:
-        j = r.job(namespace, name)
-        total, rows = r.runs(j, limit=limit, offset=offset)
-        body = {"totalCount": total, "runs": [run_json(x, j, r.run_io(x.run_id)) for x in rows]}
-    return jsonify(body)
-
-
-@blp.route("/namespaces/<path:namespace>/jobs/<path:name>", methods=["GET"])
-@blp.doc(security=[{"bearer": []}])
+@blp.route("/namespaces/<name:namespace>/jobs/<name:name>", methods=["GET"])
+@blp.doc(security=BEARER)
 @requires(*READ_ROLES)
 def job(namespace: str, name: str) -> Response:
-    _may_read(namespace)
     with _reader() as r:
-        j = r.job(namespace, name)
-        body = job_json(j, r.job_edges(j), r.run(j.latest_run_id) if j.latest_run_id else None)
-    return jsonify(body)
+        return jsonify(marquez.job_json(r.job(namespace, name)))
 
 
-@blp.route("/jobs/runs/<run_id>", methods=["GET"])
-@blp.doc(security=[{"bearer": []}])
+@blp.route("/namespaces/<name:namespace>/jobs/<name:name>/runs", methods=["GET"])
+@blp.doc(security=BEARER, parameters=PAGE)
+@requires(*READ_ROLES)
+def job_runs(namespace: str, name: str) -> Response:
+    limit, offset = _page()
+    with _reader() as r:
+        total, rows = r.runs(namespace, name, limit=limit, offset=offset)
+        return jsonify({"totalCount": total, "runs": [marquez.run_json(v) for v in rows]})
+
+
+@blp.route("/jobs/runs/<name:run_id>", methods=["GET"])
+@blp.doc(security=BEARER)
 @requires(*READ_ROLES)
 def run(run_id: str) -> Response:
     with _reader() as r:
-        x = r.run(run_id)
-        j = r.job_by_id(x.job_id)
-        if j is not None:
-            _may_read(j.namespace)
-        body = run_json(x, j, r.run_io(x.run_id))
-    return jsonify(body)
+        return jsonify(marquez.run_json(r.run(run_id)))
 
 
 @blp.route("/lineage", methods=["GET"])
 @blp.doc(
-    security=[{"bearer": []}],
+    security=BEARER,
     parameters=[
         {"in": "query", "name": "nodeId", "required": True, "schema": {"type": "string"}},
         {"in": "query", "name": "depth", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_DEPTH}},
@@ -184,14 +179,122 @@ def run(run_id: str) -> Response:
 @requires(*READ_ROLES)
 def lineage() -> Response:
     """Marquez's lineage graph around a node, upstream and downstream, to `depth` job hops."""
-    node = str_arg("nodeId")
-    if not node:
-        raise InvalidRequestError("query parameter 'nodeId' is required", field="nodeId")
+    node = _node()
     depth = int_arg("depth", default=20, maximum=MAX_DEPTH)
     direction = str_arg("direction") or "both"
-    p = current_principal()
     with _reader() as r:
-        graph = r.graph(node, depth=depth, direction=direction, clearances=p.clearances)
-    if p.namespaces and not p.has_any("auditor", "admin", "security", "approver"):
-        graph = [n for n in graph if p.may_read_namespace(n["data"]["namespace"])]
-    return jsonify({"graph": graph})
+        return jsonify(marquez.graph_json(r.graph(node, depth=depth, direction=direction)))
+
+
+@blp.route("/column-lineage", methods=["GET"])
+@blp.doc(
+    security=BEARER,
+    parameters=[
+        {"in": "query", "name": "nodeId", "required": True, "schema": {"type": "string"}},
+        {"in": "query", "name": "depth", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_DEPTH}},
+        {"in": "query", "name": "withDownstream", "schema": {"type": "boolean"}},
+    ],
+)
+@requires(*READ_ROLES)
+def column_lineage() -> Response:
+    """Marquez's column lineage, from the datasets' `columnLineage` facets."""
+    node = _node()
+    depth = int_arg("depth", default=20, maximum=MAX_DEPTH)
+    with_downstream = _bool_arg("withDownstream")
+    with _reader() as r:
+        return jsonify(
+            marquez.column_lineage_json(r.column_lineage(node, depth=depth, with_downstream=with_downstream))
+        )
+
+
+@blp.route("/events/lineage", methods=["GET"])
+@blp.doc(
+    security=BEARER,
+    parameters=[
+        {"in": "query", "name": "before", "schema": {"type": "string", "format": "date-time"}},
+        {"in": "query", "name": "after", "schema": {"type": "string", "format": "date-time"}},
+        {"in": "query", "name": "sortDirection", "schema": {"type": "string", "enum": ["asc", "desc"]}},
+        *PAGE,
+    ],
+)
+@requires(*READ_ROLES)
+def lineage_events() -> Response:
+    """Marquez's OpenLineage RunEvents with `after <= eventTime < before`, newest first by default."""
+    before = _time_arg("before", EVENTS_BEFORE)
+    after = _time_arg("after", EVENTS_AFTER)
+    ascending = _choice("sortDirection", {"asc": "asc", "desc": "desc"}, "desc") == "asc"
+    limit, offset = _page()
+    with _reader() as r:
+        page = r.run_events(
+            before=before or EVENTS_BEFORE, after=after or EVENTS_AFTER, ascending=ascending, limit=limit, offset=offset
+        )
+        return jsonify({"events": page.events, "totalCount": page.total})
+
+
+@blp.route("/sources", methods=["GET"])
+@blp.doc(security=BEARER, parameters=PAGE)
+@requires(*READ_ROLES)
+def sources() -> Response:
+    """Marquez's sources: the `dataSource` facets of the datasets this principal may see."""
+    limit, offset = _page()
+    with _reader() as r:
+        total, rows = r.sources(limit=limit, offset=offset)
+        return jsonify({"totalCount": total, "sources": [marquez.source_json(s) for s in rows]})
+
+
+@blp.route("/sources/<name:name>", methods=["GET"])
+@blp.doc(security=BEARER)
+@requires(*READ_ROLES)
+def source(name: str) -> Response:
+    with _reader() as r:
+        return jsonify(marquez.source_json(r.source(name)))
+
+
+@blp.route("/tags", methods=["GET"])
+@blp.doc(security=BEARER, parameters=PAGE)
+@requires(*READ_ROLES)
+def tags() -> Response:
+    """Marquez's tags: every tag on a dataset this principal may read."""
+    limit, offset = _page()
+    with _reader() as r:
+        total, names = r.tags(limit=limit, offset=offset)
+        return jsonify({"totalCount": total, "tags": [{"name": n, "description": None} for n in names]})
+
+
+@blp.route("/search", methods=["GET"])
+@blp.doc(
+    security=BEARER,
+    parameters=[
+        {"in": "query", "name": "q", "required": True, "schema": {"type": "string"}},
+        {"in": "query", "name": "filter", "schema": {"type": "string", "enum": ["DATASET", "JOB"]}},
+        {"in": "query", "name": "sort", "schema": {"type": "string", "enum": ["NAME", "UPDATE_AT"]}},
+        {"in": "query", "name": "limit", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}},
+        {"in": "query", "name": "namespace", "schema": {"type": "string"}},
+        {"in": "query", "name": "before", "schema": {"type": "string", "format": "date"}},
+        {"in": "query", "name": "after", "schema": {"type": "string", "format": "date"}},
+    ],
+)
+@requires(*READ_ROLES)
+def search() -> Response:
+    """Marquez's search over the names of jobs and datasets this principal may read."""
+    q = (str_arg("q", max_length=1024) or "").strip()
+    if not q:
+        raise InvalidRequestError("query parameter 'q' is required", field="q")
+    kind = _choice("filter", {"dataset": "DATASET", "job": "JOB"}, None)
+    sort = _choice("sort", {"name": "name", "update_at": "updated_at", "updated_at": "updated_at"}, "name")
+    limit = int_arg("limit", default=10, minimum=1, maximum=MAX_PAGE)
+    dates = {k: _date_arg(k) for k in ("before", "after")}
+    with _reader() as r:
+        hits = r.search(q, kind=kind, sort=sort or "name", limit=limit, namespace=str_arg("namespace"), **dates)
+        return jsonify(marquez.search_json(hits))
+
+
+def _date_arg(name: str) -> str | None:
+    """Marquez's YYYY-MM-DD bound, as the UTC midnight that starts the day."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    value = utc_time(f"{raw}T00:00:00Z") if len(raw) == 10 else None
+    if value is None:
+        raise InvalidRequestError(f"query parameter {name!r} must be a date YYYY-MM-DD", field=name)
+    return value

@@ -44,7 +44,7 @@ class ClassificationSchema(Schema):
     declassify = fields.Boolean(load_default=False)
 
 
-@blp.route("/datasets/<path:namespace>/<name>/classification", methods=["POST"])
+@blp.route("/datasets/<name:namespace>/<name:name>/classification", methods=["POST"])
 @blp.doc(
     security=[{"bearer": []}],
     requestBody={"required": True, "content": {"application/json": {"schema": ClassificationSchema}}},

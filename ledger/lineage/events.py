@@ -14,12 +14,13 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
 from ledger.errors import InvalidEventError
-from ledger.tlog.entry import canonical_json
+from ledger.tlog.entry import canonical_json, format_time
 from ledger.tlog.errors import InvalidEntryError
 
 EVENT_TYPES = ("START", "RUNNING", "COMPLETE", "ABORT", "FAIL", "OTHER")
@@ -257,6 +258,24 @@ def classify(event: Any) -> str:
         "not an OpenLineage event: needs `run` and `job` (RunEvent), `dataset` (DatasetEvent) or `job` (JobEvent)",
         field="/run",
     )
+
+
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+def utc_time(value: Any) -> str | None:
+    """An RFC 3339 time as UTC with 6 fractional digits and `Z` (Marquez's form, and text order is
+    time order), or None when absent or not a time. Digits past microseconds are dropped."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = _FRACTION.sub(r"\1", value.replace(" ", "T", 1)).replace("Z", "+00:00").replace("z", "+00:00")
+    try:
+        moment = datetime.fromisoformat(text)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return format_time(moment)
+    except (ValueError, OverflowError):  # malformed, or outside datetime's range once in UTC
+        return None
 
 
 def written_namespaces(kind: str, event: dict[str, Any]) -> frozenset[str]:

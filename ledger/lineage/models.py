@@ -20,7 +20,10 @@ class Namespace(SQLModel, table=True):
 
 class Dataset(SQLModel, table=True):
     __tablename__ = "lineage_datasets"
-    __table_args__ = (UniqueConstraint("namespace", "name", name="uq_lineage_datasets_ns_name"),)
+    __table_args__ = (
+        UniqueConstraint("namespace", "name", name="uq_lineage_datasets_ns_name"),
+        Index("ix_lineage_datasets_source", "source_name"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     namespace: str = Field(sa_column=Column(String(1024), nullable=False))
@@ -30,6 +33,9 @@ class Dataset(SQLModel, table=True):
     # A declared source: a DatasetEvent carrying a `dataSource` facet (DESIGN.md 4.2).
     source: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, default=False))
     source_seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    # Marquez's source: the latest `dataSource` facet's name and uri (Marquez: "default" without one).
+    source_name: str | None = Field(default=None, sa_column=Column(String(1024), nullable=True))
+    source_uri: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     created_at: str = Field(sa_column=Column(String(40), nullable=False))
     updated_at: str = Field(sa_column=Column(String(40), nullable=False))
     last_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
@@ -59,6 +65,8 @@ class Job(SQLModel, table=True):
     facets: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     code_version: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     latest_run_id: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    # Marquez's parentJobName: the job named by the `parent` run facet of the job's latest run event.
+    parent_job_name: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     created_at: str = Field(sa_column=Column(String(40), nullable=False))
     updated_at: str = Field(sa_column=Column(String(40), nullable=False))
     last_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
@@ -105,3 +113,20 @@ class JobDataset(SQLModel, table=True):
     job_id: int = Field(sa_column=Column(BigInteger, primary_key=True))
     dataset_id: int = Field(sa_column=Column(BigInteger, primary_key=True))
     direction: str = Field(sa_column=Column(String(3), primary_key=True))
+
+
+class RunEvent(SQLModel, table=True):
+    """One OpenLineage RunEvent by its `eventTime` (Marquez's `GET /events/lineage`); the event itself
+    is the entry's payload. `namespace` is its job's, the one scope decides on."""
+
+    __tablename__ = "lineage_run_events"
+    __table_args__ = (
+        Index("ix_lineage_run_events_time", "event_time", "seq"),
+        Index("ix_lineage_run_events_ns_time", "namespace", "event_time", "seq"),
+    )
+
+    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    # UTC, RFC 3339 with 6 fractional digits and `Z`: text order is time order.
+    event_time: str = Field(sa_column=Column(String(40), nullable=False))
+    namespace: str = Field(sa_column=Column(String(1024), nullable=False))
+    run_id: str = Field(sa_column=Column(String(64), nullable=False))

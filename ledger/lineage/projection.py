@@ -15,7 +15,8 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select, tuple_, update
 from sqlmodel import Session
 
-from ledger.lineage.models import Dataset, DatasetVersion, Job, JobDataset, Namespace, Run, RunDataset
+from ledger.lineage.events import utc_time
+from ledger.lineage.models import Dataset, DatasetVersion, Job, JobDataset, Namespace, Run, RunDataset, RunEvent
 from ledger.store.db import bulk_insert, chunks
 from ledger.store.sequencer import AppendResult
 from ledger.tlog.entry import EntryHeader
@@ -104,9 +105,21 @@ class _Batch:
             t["ds"],
             ds_keys,
             self.datasets,
-            {"facets": {}, "current_version": None, "source": False, "source_seq": None},
+            {
+                "facets": {},
+                "current_version": None,
+                "source": False,
+                "source_seq": None,
+                "source_name": None,
+                "source_uri": None,
+            },
         )
-        self._create(t["job"], job_keys, self.jobs, {"facets": {}, "code_version": None, "latest_run_id": None})
+        self._create(
+            t["job"],
+            job_keys,
+            self.jobs,
+            {"facets": {}, "code_version": None, "latest_run_id": None, "parent_job_name": None},
+        )
         self.runs: dict[str, Row] = {r["run_id"]: r for r in self._in(t["run"], t["run"].c.run_id, run_ids)}
         ds_ids = {r["id"] for r in self.datasets.values()}
         self.versions: dict[tuple[int, str], Row] = {
@@ -119,7 +132,7 @@ class _Batch:
         self.job_edges: set[tuple[int, int, str]] = {
             (r["job_id"], r["dataset_id"], r["direction"]) for r in self._in(t["jds"], t["jds"].c.job_id, job_ids)
         }
-        self.new: dict[str, list[Row]] = {"ns": [], "run": [], "ver": [], "rds": [], "jds": []}
+        self.new: dict[str, list[Row]] = {"ns": [], "run": [], "ver": [], "rds": [], "jds": [], "evt": []}
         self._fresh: set[int] = set()  # id() of every row in `new`: they are inserted, never updated
         self.dirty: dict[str, dict[Any, Row]] = {"ns": {}, "ds": {}, "job": {}, "run": {}, "ver": {}, "rds": {}}
 
@@ -175,6 +188,10 @@ class _Batch:
         self.namespace(key[0], h)
         ds = self.datasets[key]
         ds["facets"] = _merge(ds["facets"], d.get("facets"))
+        source = (d.get("facets") or {}).get("dataSource")
+        if isinstance(source, dict) and isinstance(source.get("name"), str) and source["name"]:
+            ds["source_name"] = source["name"]
+            ds["source_uri"] = source.get("uri") if isinstance(source.get("uri"), str) else None
         ds["updated_at"] = h.integrated_time
         ds["last_seq"] = h.seq
         self.dirty["ds"][ds["id"]] = ds
@@ -273,7 +290,7 @@ class _Batch:
         """One statement per table for the inserts, one executemany per table for the updates."""
         t = _tables()
         s = self.session
-        for name in ("ns", "run", "ver", "rds", "jds"):
+        for name in ("ns", "run", "ver", "rds", "jds", "evt"):
             bulk_insert(s, t[name], self.new[name])
         updates = {
             "ns": (t["ns"].c.name, "name"),
@@ -319,6 +336,7 @@ def _tables() -> dict[str, Any]:
         "run": Run.__table__,  # type: ignore[attr-defined]
         "rds": RunDataset.__table__,  # type: ignore[attr-defined]
         "jds": JobDataset.__table__,  # type: ignore[attr-defined]
+        "evt": RunEvent.__table__,  # type: ignore[attr-defined]
     }
 
 
@@ -345,6 +363,18 @@ def project_run_event(b: _Batch, h: EntryHeader, ev: dict[str, Any]) -> None:
         if event_type == "COMPLETE":
             run["completed_at"] = when
     job["latest_run_id"] = run_id
+    parent = (ev["run"].get("facets") or {}).get("parent")
+    parent_job = parent.get("job") if isinstance(parent, dict) else None
+    if isinstance(parent_job, dict) and isinstance(parent_job.get("name"), str):
+        job["parent_job_name"] = parent_job["name"]
+    b.new["evt"].append(
+        {
+            "seq": h.seq,
+            "event_time": utc_time(when) or h.integrated_time,
+            "namespace": ev["job"]["namespace"],
+            "run_id": run_id,
+        }
+    )
     for d in ev.get("inputs") or []:
         ds = b.dataset(d, h)
         version = dataset_version(d, "inputFacets")

@@ -1,43 +1,37 @@
-"""Marquez-compatible reads of the lineage projections (shapes follow Marquez's API v1)."""
+"""The read service over the lineage projections, behind Marquez's API v1 (presented in ledger/api/marquez.py).
+
+Scope and redaction happen here, so no view can forget them: every read takes the viewing
+principal; a pipeline scoped to namespaces reads only those (403 on a named one, filtered out of
+lists, graphs and searches), and a dataset's content facets are withheld from a principal without
+the clearance for its sensitive tags (`redacted`). Every list is paged with a capped limit.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select, text
-from sqlmodel import Session
+from sqlalchemy import Text, and_, cast, func, or_, select, text, tuple_
+from sqlmodel import Session, col
 
-from ledger.errors import InvalidRequestError, NotFoundError
-from ledger.lineage.models import Dataset, DatasetVersion, Job, JobDataset, Namespace, Run, RunDataset
+from ledger.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from ledger.lineage.models import Dataset, DatasetVersion, Job, JobDataset, Namespace, Run, RunDataset, RunEvent
+from ledger.lineage.nodeid import NodeId, NodeRef
 from ledger.security.classification import SENSITIVE, effective_tags
+from ledger.security.models import DatasetTags
+from ledger.security.principals import AuthenticatedPrincipal
+from ledger.security.visibility import PayloadGate
 from ledger.store.db import chunks
-from ledger.tlog.entry import parse_time
+from ledger.store.models import EntryPayload
 
 MAX_DEPTH = 100
-
-
-def namespace_json(n: Namespace) -> dict[str, Any]:
-    return {
-        "name": n.name,
-        "createdAt": n.created_at,
-        "updatedAt": n.updated_at,
-        "ownerName": n.owner,
-        "description": None,
-        "isHidden": False,
-    }
-
-
-def _fields(facets: dict[str, Any]) -> list[dict[str, Any]]:
-    schema = facets.get("schema")
-    fields = schema.get("fields") if isinstance(schema, dict) else None
-    if not isinstance(fields, list):
-        return []
-    return [
-        {"name": f.get("name"), "type": f.get("type"), "tags": [], "description": f.get("description")}
-        for f in fields
-        if isinstance(f, dict)
-    ]
-
+MAX_PAGE = 1000
+# Readings of an ambiguous nodeId tried against the projections (see ledger.lineage.nodeid).
+MAX_NODE_READINGS = 32
+# Datasets a column-lineage walk may visit: the answer is bounded whatever the depth.
+MAX_COLUMN_DATASETS = 1000
+DEFAULT_SOURCE = "default"  # Marquez's source of a dataset without a `dataSource` facet
 
 # Facets that say where a dataset is, who owns it and how big it is, not what it holds: the only ones
 # shown to a principal not cleared for its tags. Everything else is withheld, including facets this
@@ -71,227 +65,320 @@ def redacted(facets: dict[str, Any], tags: list[str], clearances: frozenset[str]
     return out
 
 
-def dataset_json(d: Dataset, *, tags: Any = None, clearances: frozenset[str] | None = None) -> dict[str, Any]:
-    effective = list(tags.effective) if tags is not None else []
-    facets = redacted(d.facets, effective, clearances)
-    return {
-        "id": {"namespace": d.namespace, "name": d.name},
-        "type": "DB_TABLE",
-        "name": d.name,
-        "physicalName": d.name,
-        "createdAt": d.created_at,
-        "updatedAt": d.updated_at,
-        "namespace": d.namespace,
-        "sourceName": d.namespace,
-        "fields": _fields(facets),
-        "tags": effective,
-        "classification": {
-            "effective": effective,
-            "own": list(tags.own) if tags is not None else [],
-            "declassified": list(tags.declassified) if tags is not None else [],
-            "unapproved": list(tags.unapproved) if tags is not None else [],
-        },
-        "lastModifiedAt": d.updated_at,
-        "description": None,
-        "facets": facets,
-        "currentVersion": d.current_version,
-        "declaredSource": d.source,
-        "deleted": False,
-    }
+@dataclass(frozen=True)
+class DatasetView:
+    """A dataset as one principal may see it: `facets` already redacted, `hidden` when content was withheld."""
+
+    row: Dataset
+    tags: DatasetTags | None
+    facets: dict[str, Any]
+    hidden: bool
+
+    @property
+    def effective_tags(self) -> list[str]:
+        return list(self.tags.effective) if self.tags is not None else []
+
+    @property
+    def source_name(self) -> str:
+        return (self.row.source_name if "dataSource" in self.facets else None) or DEFAULT_SOURCE
 
 
-def _duration_ms(start: str | None, end: str | None) -> int | None:
-    a, b = parse_time(start), parse_time(end)
-    if a is None or b is None:
-        return None
-    return int((b - a).total_seconds() * 1000)
+@dataclass(frozen=True)
+class RunView:
+    row: Run
+    job: Job | None
+    io: list[tuple[RunDataset, Dataset]] = field(default_factory=list)
 
 
-def run_json(r: Run, job: Job | None, io: list[tuple[RunDataset, Dataset]] | None = None) -> dict[str, Any]:
-    ios = io or []
-    return {
-        "id": r.run_id,
-        "createdAt": r.started_at or r.updated_at,
-        "updatedAt": r.updated_at,
-        "nominalStartTime": None,
-        "nominalEndTime": None,
-        "state": r.state,
-        "startedAt": r.started_at,
-        "endedAt": r.ended_at,
-        "durationMs": _duration_ms(r.started_at, r.ended_at),
-        "args": {},
-        "jobVersion": {"namespace": job.namespace, "name": job.name, "version": r.code_version} if job else None,
-        "inputDatasetVersions": [
-            {"datasetVersionId": {"namespace": d.namespace, "name": d.name, "version": e.version}}
-            for e, d in ios
-            if e.direction == "in"
-        ],
-        "outputDatasetVersions": [
-            {"datasetVersionId": {"namespace": d.namespace, "name": d.name, "version": e.version}}
-            for e, d in ios
-            if e.direction == "out"
-        ],
-        "context": {},
-        "facets": r.facets,
-        "principals": r.principals,
-        "entries": r.seqs,
-    }
+@dataclass(frozen=True)
+class JobView:
+    row: Job
+    edges: list[tuple[str, Dataset]]
+    latest: RunView | None
 
 
-def job_json(j: Job, edges: list[tuple[str, Dataset]], latest: Run | None) -> dict[str, Any]:
-    return {
-        "id": {"namespace": j.namespace, "name": j.name},
-        "type": "BATCH",
-        "name": j.name,
-        "simpleName": j.name,
-        "parentJobName": None,
-        "createdAt": j.created_at,
-        "updatedAt": j.updated_at,
-        "namespace": j.namespace,
-        "inputs": [{"namespace": d.namespace, "name": d.name} for direction, d in edges if direction == "in"],
-        "outputs": [{"namespace": d.namespace, "name": d.name} for direction, d in edges if direction == "out"],
-        "location": (j.facets.get("sourceCodeLocation") or {}).get("url")
-        if isinstance(j.facets.get("sourceCodeLocation"), dict)
-        else None,
-        "description": None,
-        "latestRun": run_json(latest, j) if latest else None,
-        "facets": j.facets,
-        "currentVersion": j.code_version,
-    }
+@dataclass(frozen=True)
+class VersionView:
+    dataset: DatasetView
+    row: DatasetVersion
+    producer: RunView | None
+
+
+@dataclass(frozen=True)
+class Graph:
+    """Marquez's lineage graph: nodes and the job-dataset edges between them (`in`: dataset -> job)."""
+
+    datasets: list[DatasetView]
+    jobs: list[Job]
+    edges: list[tuple[Job, Dataset, str]]
+
+
+@dataclass(frozen=True)
+class InputField:
+    namespace: str
+    dataset: str
+    field: str
+    transformation_description: str | None
+    transformation_type: str | None
+
+
+@dataclass(frozen=True)
+class ColumnNode:
+    """One dataset field of a column-lineage graph, with the fields it is derived from."""
+
+    namespace: str
+    dataset: str
+    field: str
+    field_type: str | None
+    version: str | None
+    inputs: list[InputField]
+
+
+@dataclass(frozen=True)
+class SourceView:
+    name: str
+    connection_url: str | None
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    type: str  # DATASET or JOB
+    namespace: str
+    name: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class EventsPage:
+    total: int
+    events: list[dict[str, Any]]
+
+
+def redacted_for(facets: dict[str, Any], tags: list[str], clearances: frozenset[str]) -> tuple[dict[str, Any], bool]:
+    """`redacted`, and whether anything was withheld."""
+    hidden = bool((set(tags) & SENSITIVE) - clearances)
+    return (redacted(facets, tags, clearances) if hidden else facets), hidden
+
+
+def _like(q: str) -> str:
+    """A LIKE pattern matching `q` anywhere, its own `%`, `_` and `\\` taken literally."""
+    return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 class LineageReader:
-    """Queries over the lineage projections, in one read transaction each."""
+    """Queries over the lineage projections for one principal, in one read transaction."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, viewer: AuthenticatedPrincipal) -> None:
         self.s = session
+        self.viewer = viewer
 
-    def namespaces(self) -> list[Namespace]:
-        return list(self.s.execute(select(Namespace).order_by(Namespace.name)).scalars())
+    # --- scope ------------------------------------------------------------------------------------
+
+    def _scope(self, namespace: str) -> None:
+        if not self.viewer.may_read_namespace(namespace):
+            raise PermissionDeniedError(
+                f"principal {self.viewer.name!r} may not read namespace {namespace!r}", field="namespace"
+            )
+
+    def _in_scope(self, column: Any) -> Any:
+        """A WHERE clause keeping rows of namespaces this principal reads (true when unscoped)."""
+        if not self.viewer.reads_scoped:
+            return text("1 = 1")
+        return col(column).in_(sorted(self.viewer.namespaces))
+
+    def _views(self, rows: list[Dataset]) -> list[DatasetView]:
+        tags = effective_tags(self.s, [d.id for d in rows])
+        out = []
+        for d in rows:
+            t = tags.get(d.id)  # type: ignore[arg-type]
+            facets, hidden = redacted_for(d.facets, list(t.effective) if t else [], self.viewer.clearances)
+            out.append(DatasetView(d, t, facets, hidden))
+        return out
+
+    # --- namespaces -------------------------------------------------------------------------------
+
+    def namespaces(self, *, limit: int, offset: int) -> tuple[int, list[Namespace]]:
+        where = self._in_scope(Namespace.name)
+        total = self.s.execute(select(func.count()).select_from(Namespace).where(where)).scalar_one()
+        q = select(Namespace).where(where).order_by(col(Namespace.name)).limit(limit).offset(offset)
+        return int(total), list(self.s.execute(q).scalars())
 
     def namespace(self, name: str) -> Namespace:
+        self._scope(name)
         ns = self.s.get(Namespace, name)
         if ns is None:
             raise NotFoundError(f"namespace {name!r} not found", field="namespace")
         return ns
 
-    def datasets(self, namespace: str, *, limit: int, offset: int) -> tuple[int, list[Dataset]]:
-        self.namespace(namespace)
-        total = self.s.execute(
-            select(func.count()).select_from(Dataset).where(Dataset.namespace == namespace)
-        ).scalar_one()
-        rows = (
-            self.s.execute(
-                select(Dataset).where(Dataset.namespace == namespace).order_by(Dataset.name).limit(limit).offset(offset)
-            )
-            .scalars()
-            .all()
-        )
-        return int(total), list(rows)
+    # --- datasets ---------------------------------------------------------------------------------
 
-    def dataset(self, namespace: str, name: str) -> Dataset:
+    def datasets(self, namespace: str, *, limit: int, offset: int) -> tuple[int, list[DatasetView]]:
+        self.namespace(namespace)
+        where = col(Dataset.namespace) == namespace
+        total = self.s.execute(select(func.count()).select_from(Dataset).where(where)).scalar_one()
+        q = select(Dataset).where(where).order_by(col(Dataset.name)).limit(limit).offset(offset)
+        return int(total), self._views(list(self.s.execute(q).scalars()))
+
+    def _dataset_row(self, namespace: str, name: str) -> Dataset:
+        self._scope(namespace)
         d = self.s.execute(
-            select(Dataset).where(Dataset.namespace == namespace, Dataset.name == name)
+            select(Dataset).where(col(Dataset.namespace) == namespace, col(Dataset.name) == name)
         ).scalar_one_or_none()
         if d is None:
             raise NotFoundError(f"dataset {namespace}:{name} not found", field="name")
         return d
 
-    def dataset_versions(self, d: Dataset) -> list[DatasetVersion]:
-        q = select(DatasetVersion).where(DatasetVersion.dataset_id == d.id).order_by(DatasetVersion.seq.desc())  # type: ignore[attr-defined]
-        return list(self.s.execute(q).scalars())
+    def dataset(self, namespace: str, name: str) -> DatasetView:
+        return self._views([self._dataset_row(namespace, name)])[0]
 
-    def jobs(self, namespace: str, *, limit: int, offset: int) -> tuple[int, list[Job]]:
+    def dataset_versions(self, namespace: str, name: str, *, limit: int, offset: int) -> tuple[int, list[VersionView]]:
+        view = self.dataset(namespace, name)
+        where = col(DatasetVersion.dataset_id) == view.row.id
+        total = self.s.execute(select(func.count()).select_from(DatasetVersion).where(where)).scalar_one()
+        q = select(DatasetVersion).where(where).order_by(col(DatasetVersion.seq).desc()).limit(limit).offset(offset)
+        return int(total), [self._version(view, v) for v in self.s.execute(q).scalars()]
+
+    def dataset_version(self, namespace: str, name: str, version: str) -> VersionView:
+        view = self.dataset(namespace, name)
+        v = self.s.execute(
+            select(DatasetVersion).where(
+                col(DatasetVersion.dataset_id) == view.row.id, col(DatasetVersion.version) == version
+            )
+        ).scalar_one_or_none()
+        if v is None:
+            raise NotFoundError(f"dataset {namespace}:{name} has no version {version!r}", field="version")
+        return self._version(view, v)
+
+    def _version(self, view: DatasetView, v: DatasetVersion) -> VersionView:
+        producer = None
+        if v.produced_by_run:
+            run = self.s.get(Run, v.produced_by_run)
+            if run is not None:
+                producer = RunView(run, self.s.get(Job, run.job_id))
+        return VersionView(view, v, producer)
+
+    # --- jobs and runs ----------------------------------------------------------------------------
+
+    def jobs(self, namespace: str, *, limit: int, offset: int) -> tuple[int, list[JobView]]:
         self.namespace(namespace)
-        total = self.s.execute(select(func.count()).select_from(Job).where(Job.namespace == namespace)).scalar_one()
-        rows = (
-            self.s.execute(select(Job).where(Job.namespace == namespace).order_by(Job.name).limit(limit).offset(offset))
-            .scalars()
-            .all()
-        )
-        return int(total), list(rows)
+        where = col(Job.namespace) == namespace
+        total = self.s.execute(select(func.count()).select_from(Job).where(where)).scalar_one()
+        q = select(Job).where(where).order_by(col(Job.name)).limit(limit).offset(offset)
+        return int(total), [self._job_view(j) for j in self.s.execute(q).scalars()]
 
-    def job(self, namespace: str, name: str) -> Job:
-        j = self.s.execute(select(Job).where(Job.namespace == namespace, Job.name == name)).scalar_one_or_none()
+    def _job_row(self, namespace: str, name: str) -> Job:
+        self._scope(namespace)
+        j = self.s.execute(
+            select(Job).where(col(Job.namespace) == namespace, col(Job.name) == name)
+        ).scalar_one_or_none()
         if j is None:
             raise NotFoundError(f"job {namespace}:{name} not found", field="name")
         return j
 
-    def job_edges(self, j: Job) -> list[tuple[str, Dataset]]:
+    def job(self, namespace: str, name: str) -> JobView:
+        return self._job_view(self._job_row(namespace, name))
+
+    def _job_view(self, j: Job) -> JobView:
+        latest = self.s.get(Run, j.latest_run_id) if j.latest_run_id else None
+        return JobView(j, self._job_edges(j), RunView(latest, j, self._run_io(latest.run_id)) if latest else None)
+
+    def _job_edges(self, j: Job) -> list[tuple[str, Dataset]]:
         q = (
             select(JobDataset.direction, Dataset)
-            .join(Dataset, Dataset.id == JobDataset.dataset_id)  # type: ignore[arg-type]
-            .where(JobDataset.job_id == j.id)
-            .order_by(Dataset.namespace, Dataset.name)
+            .join(Dataset, col(Dataset.id) == col(JobDataset.dataset_id))
+            .where(col(JobDataset.job_id) == j.id)
+            .order_by(col(Dataset.namespace), col(Dataset.name))
         )
         return [(direction, d) for direction, d in self.s.execute(q).all()]
 
-    def runs(self, j: Job, *, limit: int, offset: int) -> tuple[int, list[Run]]:
-        total = self.s.execute(select(func.count()).select_from(Run).where(Run.job_id == j.id)).scalar_one()
-        q = select(Run).where(Run.job_id == j.id).order_by(Run.first_seq.desc()).limit(limit).offset(offset)  # type: ignore[attr-defined]
-        return int(total), list(self.s.execute(q).scalars())
+    def runs(self, namespace: str, name: str, *, limit: int, offset: int) -> tuple[int, list[RunView]]:
+        j = self._job_row(namespace, name)
+        where = col(Run.job_id) == j.id
+        total = self.s.execute(select(func.count()).select_from(Run).where(where)).scalar_one()
+        q = select(Run).where(where).order_by(col(Run.first_seq).desc()).limit(limit).offset(offset)
+        return int(total), [RunView(r, j, self._run_io(r.run_id)) for r in self.s.execute(q).scalars()]
 
-    def run(self, run_id: str) -> Run:
+    def run(self, run_id: str) -> RunView:
         r = self.s.get(Run, run_id.lower())
-        if r is None:
+        j = self.s.get(Job, r.job_id) if r is not None else None
+        if r is None or (j is not None and not self.viewer.may_read_namespace(j.namespace)):
+            # Out of scope reads as absent: a run id names no namespace the caller could have known.
             raise NotFoundError(f"run {run_id!r} not found", field="runId")
-        return r
+        return RunView(r, j, self._run_io(r.run_id))
 
-    def run_io(self, run_id: str) -> list[tuple[RunDataset, Dataset]]:
+    def _run_io(self, run_id: str) -> list[tuple[RunDataset, Dataset]]:
         q = (
             select(RunDataset, Dataset)
-            .join(Dataset, Dataset.id == RunDataset.dataset_id)  # type: ignore[arg-type]
-            .where(RunDataset.run_id == run_id)
-            .order_by(Dataset.namespace, Dataset.name)
+            .join(Dataset, col(Dataset.id) == col(RunDataset.dataset_id))
+            .where(col(RunDataset.run_id) == run_id)
+            .order_by(col(Dataset.namespace), col(Dataset.name))
         )
         return [(e, d) for e, d in self.s.execute(q).all()]
 
-    def job_by_id(self, job_id: int) -> Job | None:
-        return self.s.get(Job, job_id)
+    # --- node ids ---------------------------------------------------------------------------------
+
+    def _node_dataset(self, node: NodeId) -> tuple[Dataset, NodeRef]:
+        for ref in list(_take(node.candidates(), MAX_NODE_READINGS)):
+            d = self.s.execute(
+                select(Dataset).where(col(Dataset.namespace) == ref.namespace, col(Dataset.name) == ref.name)
+            ).scalar_one_or_none()
+            if d is not None:
+                self._scope(d.namespace)
+                return d, ref
+        raise NotFoundError(f"no dataset is node {str(node)[:200]!r}", field="nodeId")
+
+    def _node_job(self, node: NodeId) -> Job:
+        for ref in list(_take(node.candidates(), MAX_NODE_READINGS)):
+            j = self.s.execute(
+                select(Job).where(col(Job.namespace) == ref.namespace, col(Job.name) == ref.name)
+            ).scalar_one_or_none()
+            if j is not None:
+                self._scope(j.namespace)
+                return j
+        raise NotFoundError(f"no job is node {str(node)[:200]!r}", field="nodeId")
 
     # --- the lineage graph ------------------------------------------------------------------------
 
-    def tags(self, dataset_ids: Any) -> dict[int, Any]:
-        return effective_tags(self.s, dataset_ids)
-
-    def graph(
-        self, node_id: str, *, depth: int, direction: str = "both", clearances: frozenset[str] | None = None
-    ) -> list[dict[str, Any]]:
+    def graph(self, node: NodeId, *, depth: int, direction: str = "both") -> Graph:
         """Marquez's `GET /api/v1/lineage`: every job and dataset within `depth` job hops of the node.
 
         One recursive query over the indexed job/dataset adjacency finds the jobs, so the cost follows
         the size of the answer, not of the graph; `direction` limits the walk to producers
-        (upstream) or consumers (downstream).
+        (upstream) or consumers (downstream). Nodes outside the principal's scope are left out.
         """
         if direction not in ("both", "upstream", "downstream"):
             raise InvalidRequestError("direction must be both, upstream or downstream", field="direction")
-        kind, _, rest = node_id.partition(":")
         datasets: set[int] = set()
-        jobs: set[int] = set()
-        if kind == "dataset":
-            datasets.add(self._node_dataset(rest).id)  # type: ignore[arg-type]
-        elif kind == "job":
-            jobs.add(self._node_job(rest).id)  # type: ignore[arg-type]
-        elif kind == "run":
-            jobs.add(self.run(rest).job_id)
+        seed_ds: int | None = None
+        seed_job: int | None = None
+        if node.kind == "dataset":
+            seed_ds = self._node_dataset(node)[0].id
+            datasets.add(seed_ds)  # type: ignore[arg-type]
+        elif node.kind == "job":
+            seed_job = self._node_job(node).id
+        elif node.kind == "run":
+            seed_job = self.run(node.run_id).row.job_id
         else:
-            raise InvalidRequestError(
-                "nodeId must be dataset:<namespace>:<name>, job:<namespace>:<name> or run:<id>", field="nodeId"
-            )
+            raise InvalidRequestError("a lineage nodeId is a dataset, job or run", field="nodeId")
         up = direction in ("both", "upstream")
         down = direction in ("both", "downstream")
-        seed_ds = next(iter(datasets), None)
-        seed_job = next(iter(jobs), None)
         jobs = self._walk(seed_ds, seed_job, depth=depth, up=up, down=down)
-        edges: set[tuple[int, int, str]] = set()
-        rows = self._edges(JobDataset.job_id, jobs)
+        rows = self._edges(jobs)
         for _job_id, ds_id, dirn in rows:  # each job's datasets in the allowed directions
             if (dirn == "in" and up) or (dirn == "out" and down):
                 datasets.add(ds_id)
-        for job_id, ds_id, dirn in rows:  # and every edge between nodes of the graph
-            if ds_id in datasets:
-                edges.add((job_id, ds_id, dirn))
-        return self._graph_json(datasets, jobs, edges, clearances)
+        ds_rows = {
+            d.id: d for d in self._load(Dataset, Dataset.id, datasets) if self.viewer.may_read_namespace(d.namespace)
+        }
+        job_rows = {j.id: j for j in self._load(Job, Job.id, jobs) if self.viewer.may_read_namespace(j.namespace)}
+        edges = [(job_rows[j], ds_rows[d], dirn) for j, d, dirn in sorted(set(rows)) if j in job_rows and d in ds_rows]
+        return Graph(
+            datasets=self._views(sorted(ds_rows.values(), key=lambda d: (d.namespace, d.name))),
+            jobs=sorted(job_rows.values(), key=lambda j: (j.namespace, j.name)),
+            edges=edges,
+        )
 
     # One recursive query walks the job-to-job adjacency (a job is upstream of another when it
     # writes a dataset the other reads), so a depth-20 query costs four round trips, not forty.
@@ -324,83 +411,300 @@ class LineageReader:
         }
         return {int(r[0]) for r in self.s.execute(text(self._WALK), params) if r[0] is not None}
 
-    def _node_dataset(self, rest: str) -> Dataset:
-        # Dataset namespaces may contain ':' (s3://bucket, postgres://host:5432): try each split.
-        for i in [i for i, c in enumerate(rest) if c == ":"][::-1]:
-            d = self.s.execute(
-                select(Dataset).where(Dataset.namespace == rest[:i], Dataset.name == rest[i + 1 :])
-            ).scalar_one_or_none()
-            if d is not None:
-                return d
-        raise NotFoundError(f"dataset node {rest!r} not found", field="nodeId")
-
-    def _node_job(self, rest: str) -> Job:
-        for i in [i for i, c in enumerate(rest) if c == ":"][::-1]:
-            j = self.s.execute(
-                select(Job).where(Job.namespace == rest[:i], Job.name == rest[i + 1 :])
-            ).scalar_one_or_none()
-            if j is not None:
-                return j
-        raise NotFoundError(f"job node {rest!r} not found", field="nodeId")
-
-    def _edges(self, column: Any, ids: set[int]) -> list[tuple[int, int, str]]:
+    def _edges(self, job_ids: set[int]) -> list[tuple[int, int, str]]:
         out: list[tuple[int, int, str]] = []
-        for part in chunks(ids, 1000):
-            q = select(JobDataset.job_id, JobDataset.dataset_id, JobDataset.direction).where(column.in_(part))
+        for part in chunks(job_ids, 1000):
+            q = select(JobDataset.job_id, JobDataset.dataset_id, JobDataset.direction).where(
+                col(JobDataset.job_id).in_(part)
+            )
             out += [(a, b, c) for a, b, c in self.s.execute(q).all()]
         return out
-
-    def _graph_json(
-        self, ds_ids: set[int], job_ids: set[int], edges: set[tuple[int, int, str]], clearances: frozenset[str] | None
-    ) -> list[dict[str, Any]]:
-        ds_rows = {d.id: d for d in self._load(Dataset, Dataset.id, ds_ids)}
-        tags = self.tags(ds_ids)
-        job_rows = {j.id: j for j in self._load(Job, Job.id, job_ids)}
-
-        def did(i: int) -> str:
-            d = ds_rows[i]
-            return f"dataset:{d.namespace}:{d.name}"
-
-        def jid(i: int) -> str:
-            j = job_rows[i]
-            return f"job:{j.namespace}:{j.name}"
-
-        in_edges: dict[str, list[dict[str, str]]] = {}
-        out_edges: dict[str, list[dict[str, str]]] = {}
-        for job_id, ds_id, dirn in sorted(edges):
-            if job_id not in job_rows or ds_id not in ds_rows:
-                continue
-            origin, dest = (did(ds_id), jid(job_id)) if dirn == "in" else (jid(job_id), did(ds_id))
-            e = {"origin": origin, "destination": dest}
-            out_edges.setdefault(origin, []).append(e)
-            in_edges.setdefault(dest, []).append(e)
-        graph: list[dict[str, Any]] = []
-        for i, d in sorted(ds_rows.items(), key=lambda kv: (kv[1].namespace, kv[1].name)):
-            nid = did(i)
-            graph.append(
-                {
-                    "id": nid,
-                    "type": "DATASET",
-                    "data": dataset_json(d, tags=tags.get(i), clearances=clearances),
-                    "inEdges": in_edges.get(nid, []),
-                    "outEdges": out_edges.get(nid, []),
-                }
-            )
-        for i, j in sorted(job_rows.items(), key=lambda kv: (kv[1].namespace, kv[1].name)):
-            nid = jid(i)
-            graph.append(
-                {
-                    "id": nid,
-                    "type": "JOB",
-                    "data": job_json(j, [], None) | {"latestRunId": j.latest_run_id},
-                    "inEdges": in_edges.get(nid, []),
-                    "outEdges": out_edges.get(nid, []),
-                }
-            )
-        return graph
 
     def _load(self, model: Any, column: Any, ids: set[int]) -> list[Any]:
         out: list[Any] = []
         for part in chunks(ids, 1000):
             out += self.s.execute(select(model).where(column.in_(part))).scalars().all()
         return out
+
+    # --- column lineage ---------------------------------------------------------------------------
+
+    def column_lineage(self, node: NodeId, *, depth: int, with_downstream: bool) -> list[ColumnNode]:
+        """Marquez's `GET /api/v1/column-lineage`, from the `columnLineage` facets of the datasets.
+
+        From a dataset (or one of its fields, or a job's outputs) the walk follows each field's
+        `inputFields` upstream, and with `with_downstream` also the fields derived from it, `depth`
+        hops each way. A dataset whose facets are withheld from this principal, or outside its
+        scope, contributes no field and is named by none.
+        """
+        fields_of: str | None = None
+        if node.kind in ("dataset", "datasetField"):
+            d, ref = self._node_dataset(node)
+            seeds = {(d.namespace, d.name)}
+            fields_of = ref.field
+        elif node.kind == "job":
+            j = self._node_job(node)
+            seeds = {(ds.namespace, ds.name) for dirn, ds in self._job_edges(j) if dirn == "out"}
+        else:
+            raise InvalidRequestError("a column-lineage nodeId is a dataset, dataset field or job", field="nodeId")
+        views: dict[tuple[str, str], DatasetView | None] = {}
+        nodes: dict[tuple[str, str, str], ColumnNode] = {}
+
+        def load(keys: set[tuple[str, str]]) -> None:
+            new = sorted(k for k in keys if k not in views)
+            if len(views) + len(new) > MAX_COLUMN_DATASETS:
+                raise InvalidRequestError(
+                    f"the column lineage reaches more than {MAX_COLUMN_DATASETS} datasets; lower depth", field="depth"
+                )
+            for part in chunks(new, 500):
+                q = select(Dataset).where(tuple_(col(Dataset.namespace), col(Dataset.name)).in_(part))
+                for v in self._views(list(self.s.execute(q).scalars())):
+                    views[(v.row.namespace, v.row.name)] = v
+            for k in new:
+                views.setdefault(k, None)
+
+        def visible(key: tuple[str, str]) -> bool:
+            v = views.get(key)
+            return self.viewer.may_read_namespace(key[0]) and (v is None or not v.hidden)
+
+        def fields(key: tuple[str, str]) -> list[ColumnNode]:
+            v = views.get(key)
+            if v is None or not visible(key):
+                return []
+            return _column_nodes(v, visible)
+
+        # Upstream: fields of the seeds, then the fields they come from, `depth` hops.
+        load(seeds)
+        frontier = [n for k in sorted(seeds) for n in fields(k) if fields_of is None or n.field == fields_of]
+        for _ in range(depth + 1):
+            if not frontier:
+                break
+            for n in frontier:
+                nodes[(n.namespace, n.dataset, n.field)] = n
+            wanted = {(i.namespace, i.dataset, i.field) for n in frontier for i in n.inputs}
+            load({(ns, name) for ns, name, _ in wanted})
+            frontier = [
+                n
+                for ns, name in sorted({(ns, name) for ns, name, _ in wanted})
+                for n in fields((ns, name))
+                if (n.namespace, n.dataset, n.field) in wanted and (n.namespace, n.dataset, n.field) not in nodes
+            ]
+        if with_downstream:
+            start = {(n.namespace, n.dataset, n.field) for n in nodes.values()} | {
+                (i.namespace, i.dataset, i.field) for n in nodes.values() for i in n.inputs
+            }
+            frontier_keys = {(ns, name) for ns, name, _ in start}
+            reached = set(start)
+            for _ in range(depth):
+                consumers = self._consumers(frontier_keys)
+                load(consumers)
+                found = [
+                    n
+                    for k in sorted(consumers)
+                    for n in fields(k)
+                    if any((i.namespace, i.dataset, i.field) in reached for i in n.inputs)
+                    and (n.namespace, n.dataset, n.field) not in nodes
+                ]
+                if not found:
+                    break
+                for n in found:
+                    nodes[(n.namespace, n.dataset, n.field)] = n
+                    reached.add((n.namespace, n.dataset, n.field))
+                frontier_keys = {(n.namespace, n.dataset) for n in found}
+        return [nodes[k] for k in sorted(nodes)]
+
+    def _consumers(self, keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        """The datasets written by jobs that read any of `keys`."""
+        out: set[tuple[str, str]] = set()
+        for part in chunks(sorted(keys), 500):
+            read = (
+                select(JobDataset.job_id)
+                .join(Dataset, col(Dataset.id) == col(JobDataset.dataset_id))
+                .where(col(JobDataset.direction) == "in", tuple_(col(Dataset.namespace), col(Dataset.name)).in_(part))
+            )
+            q = (
+                select(Dataset.namespace, Dataset.name)
+                .join(JobDataset, col(JobDataset.dataset_id) == col(Dataset.id))
+                .where(col(JobDataset.direction) == "out", col(JobDataset.job_id).in_(read))
+            )
+            out |= {(ns, name) for ns, name in self.s.execute(q).all()}
+        return out
+
+    # --- events -----------------------------------------------------------------------------------
+
+    def run_events(self, *, before: str, after: str, ascending: bool, limit: int, offset: int) -> EventsPage:
+        """Marquez's `GET /api/v1/events/lineage`: RunEvents with `after <= eventTime < before`.
+
+        Scope: only events written to namespaces this principal reads. An event naming a dataset
+        classified beyond the principal's clearance is served as its identity only (the log withholds
+        its payload for the same reason, ledger.security.visibility), marked `withheld`.
+        """
+        where = and_(
+            col(RunEvent.event_time) < before, col(RunEvent.event_time) >= after, self._in_scope(RunEvent.namespace)
+        )
+        total = self.s.execute(select(func.count()).select_from(RunEvent).where(where)).scalar_one()
+        order = [col(RunEvent.event_time), col(RunEvent.seq)]
+        q = (
+            select(RunEvent.seq, EntryPayload.payload)
+            .join(EntryPayload, col(EntryPayload.seq) == col(RunEvent.seq))
+            .where(where)
+            .order_by(*(order if ascending else [c.desc() for c in order]))
+            .limit(limit)
+            .offset(offset)
+        )
+        rows = [(seq, json.loads(payload)) for seq, payload in self.s.execute(q).all()]
+        hidden = PayloadGate(self.viewer).withheld(self.s, [(seq, "openlineage.run_event", p) for seq, p in rows])
+        return EventsPage(int(total), [_identity(p, hidden[seq]) if seq in hidden else p for seq, p in rows])
+
+    # --- sources, tags, search --------------------------------------------------------------------
+
+    def _source_where(self) -> Any:
+        """Datasets whose source this principal may see: in scope, and their dataSource not withheld."""
+        clauses = [col(Dataset.source_name).is_not(None), self._in_scope(Dataset.namespace)]
+        missing = sorted(SENSITIVE - self.viewer.clearances)
+        if missing:
+            tagged = select(DatasetTags.dataset_id).where(
+                or_(*[cast(DatasetTags.effective, Text).like(f'%"{t}"%') for t in missing])
+            )
+            clauses.append(col(Dataset.id).not_in(tagged))
+        return and_(*clauses)
+
+    _SOURCE_COLUMNS = (
+        Dataset.source_name,
+        func.max(Dataset.source_uri),
+        func.min(Dataset.created_at),
+        func.max(Dataset.updated_at),
+    )
+
+    def sources(self, *, limit: int, offset: int) -> tuple[int, list[SourceView]]:
+        where = self._source_where()
+        total = self.s.execute(select(func.count(func.distinct(Dataset.source_name))).where(where)).scalar_one()
+        q = (
+            select(*self._SOURCE_COLUMNS)
+            .where(where)
+            .group_by(col(Dataset.source_name))
+            .order_by(col(Dataset.source_name))
+            .limit(limit)
+            .offset(offset)
+        )
+        return int(total), [SourceView(n, u, c, up) for n, u, c, up in self.s.execute(q).all()]
+
+    def source(self, name: str) -> SourceView:
+        q = (
+            select(*self._SOURCE_COLUMNS)
+            .where(self._source_where(), col(Dataset.source_name) == name)
+            .group_by(col(Dataset.source_name))
+        )
+        row = self.s.execute(q).first()
+        if row is None:
+            raise NotFoundError(f"source {name!r} not found", field="name")
+        return SourceView(*row)
+
+    def tags(self, *, limit: int, offset: int) -> tuple[int, list[str]]:
+        """Every tag on a dataset this principal reads (classification and `tags` facets, effective)."""
+        q = (
+            select(cast(DatasetTags.effective, Text))
+            .join(Dataset, col(Dataset.id) == col(DatasetTags.dataset_id))
+            .where(self._in_scope(Dataset.namespace))
+            .distinct()
+        )
+        names = sorted({t for (raw,) in self.s.execute(q).all() for t in json.loads(raw or "[]")})
+        return len(names), names[offset : offset + limit]
+
+    def search(
+        self,
+        query: str,
+        *,
+        kind: str | None,
+        sort: str,
+        limit: int,
+        namespace: str | None,
+        before: str | None,
+        after: str | None,
+    ) -> list[SearchHit]:
+        """Marquez's `GET /api/v1/search`: jobs and datasets whose name contains `query` (any case)."""
+        hits: list[SearchHit] = []
+        for hit_type, model in (("DATASET", Dataset), ("JOB", Job)):
+            if kind not in (None, hit_type):
+                continue
+            clauses = [func.lower(model.name).like(_like(query.lower()), escape="\\"), self._in_scope(model.namespace)]
+            if namespace is not None:
+                clauses.append(col(model.namespace) == namespace)
+            if before is not None:
+                clauses.append(col(model.updated_at) < before)
+            if after is not None:
+                clauses.append(col(model.updated_at) >= after)
+            order = col(model.updated_at).desc() if sort == "updated_at" else col(model.name)
+            q = select(model.namespace, model.name, model.updated_at).where(*clauses).order_by(order).limit(limit)
+            hits += [SearchHit(hit_type, ns, name, up) for ns, name, up in self.s.execute(q).all()]
+        by_time = sort == "updated_at"
+        hits.sort(key=(lambda h: h.updated_at) if by_time else (lambda h: h.name), reverse=by_time)
+        return hits[:limit]
+
+
+def _take(items: Any, n: int) -> Any:
+    for i, item in enumerate(items):
+        if i >= n:
+            return
+        yield item
+
+
+def _column_nodes(view: DatasetView, visible: Any) -> list[ColumnNode]:
+    """The fields of a dataset's (visible) `columnLineage` facet, each with its visible input fields."""
+    facet = view.facets.get("columnLineage")
+    fields = facet.get("fields") if isinstance(facet, dict) else None
+    if not isinstance(fields, dict):
+        return []
+    schema = view.facets.get("schema")
+    types = {
+        f.get("name"): f.get("type")
+        for f in (schema.get("fields") if isinstance(schema, dict) and isinstance(schema.get("fields"), list) else [])
+        if isinstance(f, dict)
+    }
+    out = []
+    for name, spec in sorted(fields.items()):
+        if not isinstance(spec, dict):
+            continue
+        inputs = []
+        for i in spec.get("inputFields") or []:
+            if not isinstance(i, dict) or not all(isinstance(i.get(k), str) for k in ("namespace", "name", "field")):
+                continue
+            if not visible((i["namespace"], i["name"])):
+                continue
+            transformation = next((t for t in i.get("transformations") or [] if isinstance(t, dict)), {})
+            inputs.append(
+                InputField(
+                    i["namespace"],
+                    i["name"],
+                    i["field"],
+                    _str(spec.get("transformationDescription")) or _str(transformation.get("description")),
+                    _str(spec.get("transformationType")) or _str(transformation.get("type")),
+                )
+            )
+        out.append(
+            ColumnNode(view.row.namespace, view.row.name, name, _str(types.get(name)), view.row.current_version, inputs)
+        )
+    return out
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+IDENTITY_KEYS = ("eventType", "eventTime", "producer", "schemaURL")
+
+
+def _identity(event: dict[str, Any], reason: str) -> dict[str, Any]:
+    """A RunEvent reduced to what names it: no facet of the run, job or any dataset."""
+    out: dict[str, Any] = {k: event[k] for k in IDENTITY_KEYS if k in event}
+    run = event.get("run") or {}
+    job = event.get("job") or {}
+    out["run"] = {"runId": run.get("runId"), "facets": {}}
+    out["job"] = {"namespace": job.get("namespace"), "name": job.get("name"), "facets": {}}
+    for key in ("inputs", "outputs"):
+        out[key] = [
+            {"namespace": d.get("namespace"), "name": d.get("name"), "facets": {}}
+            for d in event.get(key) or []
+            if isinstance(d, dict)
+        ]
+    out["withheld"] = reason
+    return out
