@@ -489,11 +489,10 @@ class LineageReader:
                 if (n.namespace, n.dataset, n.field) in wanted and (n.namespace, n.dataset, n.field) not in nodes
             ]
         if with_downstream:
-            start = {(n.namespace, n.dataset, n.field) for n in nodes.values()} | {
-                (i.namespace, i.dataset, i.field) for n in nodes.values() for i in n.inputs
-            }
-            frontier_keys = {(ns, name) for ns, name, _ in start}
-            reached = set(start)
+            # From the node itself: its field, or any field of its datasets.
+            reached = {(ns, name, fields_of) for ns, name in seeds} if fields_of is not None else set()
+            whole = set() if fields_of is not None else set(seeds)
+            frontier_keys = set(seeds)
             for _ in range(depth):
                 consumers = self._consumers(frontier_keys)
                 load(consumers)
@@ -501,8 +500,11 @@ class LineageReader:
                     n
                     for k in sorted(consumers)
                     for n in fields(k)
-                    if any((i.namespace, i.dataset, i.field) in reached for i in n.inputs)
-                    and (n.namespace, n.dataset, n.field) not in nodes
+                    if any(
+                        (i.namespace, i.dataset, i.field) in reached or (i.namespace, i.dataset) in whole
+                        for i in n.inputs
+                    )
+                    and (n.namespace, n.dataset, n.field) not in reached
                 ]
                 if not found:
                     break
