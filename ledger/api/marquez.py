@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ledger.lineage.events import utc_time
-from ledger.lineage.models import Dataset, Job, Namespace
+from ledger.lineage.models import Dataset, Job, Namespace, marquez_run_state
 from ledger.lineage.queries import (
     ColumnNode,
     DatasetView,
@@ -21,20 +21,6 @@ from ledger.lineage.queries import (
     VersionView,
 )
 from ledger.tlog.entry import parse_time
-
-# OpenLineage eventType (kept as the projection's state, which policies read) -> Marquez RunState.
-RUN_STATES = {
-    "NEW": "NEW",
-    "START": "RUNNING",
-    "RUNNING": "RUNNING",
-    "COMPLETE": "COMPLETED",
-    "ABORT": "ABORTED",
-    "FAIL": "FAILED",
-}
-
-
-def run_state(state: str) -> str:
-    return RUN_STATES.get(state, state)
 
 
 def namespace_json(n: Namespace) -> dict[str, Any]:
@@ -149,7 +135,7 @@ def run_json(v: RunView) -> dict[str, Any]:
         "updatedAt": utc_time(r.updated_at),
         "nominalStartTime": _nominal(r.facets, "nominalStartTime"),
         "nominalEndTime": _nominal(r.facets, "nominalEndTime"),
-        "state": run_state(r.state),
+        "state": marquez_run_state(r.state),
         "startedAt": utc_time(r.started_at),
         "endedAt": utc_time(r.ended_at),
         "durationMs": _duration_ms(r.started_at, r.ended_at),

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from ledger.governance.models import Approval, Deployment, ModelVersion, PromotionDecision, Validation
-from ledger.lineage.models import Dataset, DatasetVersion, Job, Run, RunDataset
+from ledger.lineage.models import Dataset, DatasetVersion, Job, Run, RunDataset, marquez_run_state
 from ledger.store.db import chunks
 from ledger.store.models import EntryPayload, LogEntry
 from ledger.tlog.entry import DIGEST_RE, parse_time
@@ -194,7 +194,7 @@ def deployment_json(d: Deployment) -> dict[str, Any]:
 def run_summary(run: Run, job: Job | None) -> dict[str, Any]:
     return {
         "id": run.run_id,
-        "state": run.state,
+        "state": marquez_run_state(run.state),
         "job": f"{job.namespace}:{job.name}" if job else None,
         "code_version": run.code_version,
         "started_at": run.started_at,

@@ -72,6 +72,23 @@ class Job(SQLModel, table=True):
     last_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
+# The projection keeps a run's state as OpenLineage's last eventType (NEW before any START), which
+# policies read; reads report Marquez's RunState (DESIGN.md 8, normative).
+MARQUEZ_RUN_STATES = {
+    "NEW": "NEW",
+    "START": "RUNNING",
+    "RUNNING": "RUNNING",
+    "COMPLETE": "COMPLETED",
+    "ABORT": "ABORTED",
+    "FAIL": "FAILED",
+}
+
+
+def marquez_run_state(state: str) -> str:
+    """Marquez's RunState of a projected run state."""
+    return MARQUEZ_RUN_STATES.get(state, state)
+
+
 class Run(SQLModel, table=True):
     __tablename__ = "lineage_runs"
     __table_args__ = (Index("ix_lineage_runs_job", "job_id", "first_seq"),)
