@@ -34,10 +34,11 @@ class Runtime:
         self.db.dispose()
 
 
-def initialise(settings: Settings) -> bool:
+def initialise(settings: Settings, *, policy: PolicyEngine | None = None) -> bool:
     """`ledger init`: data dir, signing key (0600), schema at head, key registered. Idempotent.
 
-    Returns True when the database had no principals yet (a fresh deployment).
+    `policy` is passed on to `build_runtime`. Returns True when the database had no principals yet
+    (a fresh deployment).
     """
     from ledger.store.migrate import upgrade  # here, not at the top: workers never migrate (Alembic is ~10 MB)
 
@@ -51,7 +52,7 @@ def initialise(settings: Settings) -> bool:
     finally:
         db.dispose()
     check_host_key(path, settings.origin, current, retired_at)
-    rt = build_runtime(settings)
+    rt = build_runtime(settings, policy=policy)
     try:
         rt.keyring.register_current()
         record_policy_bundle(rt.ledger, rt.policy.bundle)
@@ -60,9 +61,14 @@ def initialise(settings: Settings) -> bool:
         rt.close()
 
 
-def build_runtime(settings: Settings) -> Runtime:
-    """Wires one process's services. A policy that does not load stops here (fail closed)."""
-    policy = PolicyEngine(load_policy_bundle(settings.policy_dir))
+def build_runtime(settings: Settings, *, policy: PolicyEngine | None = None) -> Runtime:
+    """Wires one process's services. A policy that does not load stops here (fail closed).
+
+    `policy`, if given, must be an engine loaded from `settings.policy_dir` (the tests share one per
+    process, as parsing the policies is most of the cost of a runtime); by default it is loaded here.
+    """
+    if policy is None:
+        policy = PolicyEngine(load_policy_bundle(settings.policy_dir))
     db = Database(settings.database_url)
     ledger = Ledger(db=db, signer=KeyFile(settings.signing_key_path, settings.origin))
     principals = PrincipalStore(db)
