@@ -290,10 +290,17 @@ def test_every_marquez_client_read(server: Server, estate: dict[str, Any]) -> No
     assert {t["name"] for t in m.list_tags()["tags"]} == {"pii"}
     seen += [sources]
 
-    # marquez-python's list_events asks for /api/v1/events, which Marquez's server does not serve
-    # either (its events are at /api/v1/events/lineage): a 404 there and here.
-    with pytest.raises(APIError):
-        m.list_events()
+    # marquez-python's list_events asks for /api/v1/events[/<namespace>]: the same page as
+    # /api/v1/events/lineage, newest first.
+    listed = m.list_events()
+    assert listed["totalCount"] == 9
+    assert listed["events"] == _get(server, token, "/api/v1/events/lineage").json()["events"]
+    # (the client puts the namespace into the path unencoded: a plain one here)
+    in_ns = m.list_events(namespace="team-a", limit=2)
+    assert in_ns["totalCount"] == 1
+    assert [e["job"]["namespace"] for e in in_ns["events"]] == ["team-a"]
+    assert m.list_events(namespace="nowhere")["totalCount"] == 0
+    seen += [listed, in_ns]
 
     # Reads the client lacks: lineage events and search.
     events = _get(server, token, "/api/v1/events/lineage", sortDirection="asc", limit=3).json()

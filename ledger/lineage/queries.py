@@ -533,7 +533,9 @@ class LineageReader:
 
     # --- events -----------------------------------------------------------------------------------
 
-    def run_events(self, *, before: str, after: str, ascending: bool, limit: int, offset: int) -> EventsPage:
+    def run_events(
+        self, *, before: str, after: str, ascending: bool, limit: int, offset: int, namespace: str | None = None
+    ) -> EventsPage:
         """Marquez's `GET /api/v1/events/lineage`: RunEvents with `after <= eventTime < before`.
 
         Scope: only events written to namespaces this principal reads. An event naming a dataset
@@ -543,6 +545,9 @@ class LineageReader:
         where = and_(
             col(RunEvent.event_time) < before, col(RunEvent.event_time) >= after, self._in_scope(RunEvent.namespace)
         )
+        if namespace is not None:  # marquez-python's list_events(namespace)
+            self._scope(namespace)
+            where = and_(where, col(RunEvent.namespace) == namespace)
         total = self.s.execute(select(func.count()).select_from(RunEvent).where(where)).scalar_one()
         order = [col(RunEvent.event_time), col(RunEvent.seq)]
         q = (
