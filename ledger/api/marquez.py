@@ -14,13 +14,18 @@ from ledger.lineage.queries import (
     ColumnNode,
     DatasetView,
     Graph,
+    IntervalCount,
+    JobVersionView,
     JobView,
+    LineageEventCounts,
     RunView,
     SearchHit,
     SourceView,
+    UpstreamRun,
     VersionView,
 )
-from ledger.tlog.entry import parse_time
+from ledger.lineage.stats import Interval
+from ledger.tlog.entry import format_time, parse_time
 
 
 def namespace_json(n: Namespace) -> dict[str, Any]:
@@ -326,3 +331,55 @@ def search_json(hits: list[SearchHit]) -> dict[str, Any]:
             for h in hits
         ],
     }
+
+
+def job_version_json(v: JobVersionView) -> dict[str, Any]:
+    """Marquez's JobVersion (marquez/api/models/JobVersion.java)."""
+    j = v.job
+    return {
+        "id": {"namespace": j.namespace, "name": j.name, "version": v.version},
+        "name": j.name,
+        "createdAt": utc_time(v.created_at),
+        "version": v.version,
+        "namespace": j.namespace,
+        "location": v.location,
+        "inputs": [{"namespace": ns, "name": name} for direction, ns, name in v.edges if direction == "in"],
+        "outputs": [{"namespace": ns, "name": name} for direction, ns, name in v.edges if direction == "out"],
+        "latestRun": run_json(v.latest) if v.latest else None,
+    }
+
+
+def run_upstream_json(runs: list[UpstreamRun]) -> dict[str, Any]:
+    """Marquez's UpstreamRunLineage (marquez/service/LineageService.java, LineageDao's summaries)."""
+    return {
+        "runs": [
+            {
+                "job": {"namespace": u.job.namespace, "name": u.job.name, "version": u.run.code_version},
+                "run": {
+                    "id": u.run.run_id,
+                    "start": utc_time(u.run.started_at),
+                    "end": utc_time(u.run.ended_at),
+                    "status": marquez_run_state(u.run.state),
+                },
+                "inputs": [
+                    {"namespace": i.namespace, "name": i.name, "version": i.version, "producedByRunId": i.produced_by}
+                    for i in u.inputs
+                ],
+            }
+            for u in runs
+        ]
+    }
+
+
+def _interval(i: Interval) -> dict[str, Any]:
+    return {"startInterval": format_time(i.start), "endInterval": format_time(i.end)}
+
+
+def lineage_metrics_json(rows: list[LineageEventCounts]) -> list[dict[str, Any]]:
+    """Marquez's LineageMetric list: `{startInterval, endInterval, fail, start, complete, abort}`."""
+    return [_interval(r.interval) | {k.lower(): n for k, n in r.counts.items()} for r in rows]
+
+
+def interval_metrics_json(rows: list[IntervalCount]) -> list[dict[str, Any]]:
+    """Marquez's IntervalMetric list: `{startInterval, endInterval, count}`."""
+    return [_interval(r.interval) | {"count": r.count} for r in rows]

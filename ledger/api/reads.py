@@ -20,7 +20,9 @@ from ledger.errors import InvalidRequestError
 from ledger.lineage.events import utc_time
 from ledger.lineage.nodeid import NodeId
 from ledger.lineage.queries import MAX_DEPTH, MAX_PAGE, LineageReader
+from ledger.lineage.stats import PERIODS, Interval, intervals, time_zone
 from ledger.store.db import Database
+from ledger.store.ledger import Ledger
 
 blp = Blueprint("lineage_reads", __name__, url_prefix="/api/v1", description="Marquez-compatible lineage reads")
 
@@ -159,12 +161,68 @@ def job_runs(namespace: str, name: str) -> Response:
         return jsonify({"totalCount": total, "runs": [marquez.run_json(v) for v in rows]})
 
 
+@blp.route("/namespaces/<name:namespace>/jobs/<name:name>/versions", methods=["GET"])
+@blp.doc(security=BEARER, parameters=PAGE)
+@requires(*READ_ROLES)
+def job_versions(namespace: str, name: str) -> Response:
+    """Marquez's job versions, newest first: one per code version the job's runs recorded."""
+    limit, offset = _page()
+    with _reader() as r:
+        total, rows = r.job_versions(namespace, name, limit=limit, offset=offset)
+        return jsonify({"totalCount": total, "versions": [marquez.job_version_json(v) for v in rows]})
+
+
+@blp.route("/namespaces/<name:namespace>/jobs/<name:name>/versions/<name:version>", methods=["GET"])
+@blp.doc(security=BEARER)
+@requires(*READ_ROLES)
+def job_version(namespace: str, name: str, version: str) -> Response:
+    with _reader() as r:
+        return jsonify(marquez.job_version_json(r.job_version(namespace, name, version)))
+
+
 @blp.route("/jobs/runs/<name:run_id>", methods=["GET"])
 @blp.doc(security=BEARER)
 @requires(*READ_ROLES)
 def run(run_id: str) -> Response:
     with _reader() as r:
         return jsonify(marquez.run_json(r.run(run_id)))
+
+
+@blp.route("/jobs/runs/<name:run_id>/facets", methods=["GET"])
+@blp.doc(
+    security=BEARER,
+    parameters=[
+        {"in": "query", "name": "type", "required": True, "schema": {"type": "string", "enum": ["run", "job"]}},
+    ],
+)
+@requires(*READ_ROLES)
+def run_facets(run_id: str) -> Response:
+    """Marquez's `FacetsResult`: the run's facets, or the job facets its events carried."""
+    kind = _choice("type", {"run": "run", "job": "job"}, None)
+    if kind is None:
+        raise InvalidRequestError("query parameter 'type' is required (run or job)", field="type")
+    with _reader() as r:
+        rid, facets = r.run_facets(run_id, kind)
+        return jsonify({"runId": rid, "facets": facets})
+
+
+@blp.route("/runlineage/upstream", methods=["GET"])
+@blp.doc(
+    security=BEARER,
+    parameters=[
+        {"in": "query", "name": "runId", "required": True, "schema": {"type": "string"}},
+        {"in": "query", "name": "depth", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_DEPTH}},
+    ],
+)
+@requires(*READ_ROLES)
+def run_upstream() -> Response:
+    """Marquez's upstream run lineage: the run and the runs that produced what it read, `depth` hops."""
+    run_id = str_arg("runId", max_length=64)
+    if not run_id:
+        raise InvalidRequestError("query parameter 'runId' is required", field="runId")
+    depth = int_arg("depth", default=20, maximum=MAX_DEPTH)
+    with _reader() as r:
+        return jsonify(marquez.run_upstream_json(r.run_upstream(run_id, depth=depth)))
 
 
 @blp.route("/lineage", methods=["GET"])
@@ -249,6 +307,50 @@ def _events_page(namespace: str | None) -> Response:
             namespace=namespace,
         )
         return jsonify({"events": page.events, "totalCount": page.total})
+
+
+STATS = [
+    {"in": "query", "name": "period", "required": True, "schema": {"type": "string", "enum": list(PERIODS)}},
+    {"in": "query", "name": "timezone", "schema": {"type": "string"}},
+]
+
+
+def _intervals() -> list[Interval]:
+    """The intervals of `period` (DAY or WEEK) in `timezone` (an IANA name; required for WEEK, as
+    Marquez requires it), ending with the one holding the log's clock now."""
+    period = _choice("period", {p.lower(): p for p in PERIODS}, None)
+    if period is None:
+        raise InvalidRequestError("query parameter 'period' is required (DAY or WEEK)", field="period")
+    name = str_arg("timezone", max_length=64) or ""
+    if not name and period == "WEEK":
+        raise InvalidRequestError("query parameter 'timezone' is required for period WEEK", field="timezone")
+    zone = time_zone(name or "UTC")
+    if zone is None:
+        raise InvalidRequestError("query parameter 'timezone' must be an IANA time zone name", field="timezone")
+    ledger: Ledger = current_app.extensions["ledger.ledger"]
+    return intervals(period, zone, ledger.clock())
+
+
+@blp.route("/stats/lineage-events", methods=["GET"])
+@blp.doc(security=BEARER, parameters=STATS)
+@requires(*READ_ROLES)
+def lineage_event_stats() -> Response:
+    """Marquez's run events per type, per hour (DAY) or day (WEEK)."""
+    buckets = _intervals()
+    with _reader() as r:
+        return jsonify(marquez.lineage_metrics_json(r.lineage_event_stats(buckets)))
+
+
+@blp.route("/stats/jobs", methods=["GET"], endpoint="job_stats", defaults={"kind": "jobs"})
+@blp.route("/stats/datasets", methods=["GET"], endpoint="dataset_stats", defaults={"kind": "datasets"})
+@blp.route("/stats/sources", methods=["GET"], endpoint="source_stats", defaults={"kind": "sources"})
+@blp.doc(security=BEARER, parameters=STATS)
+@requires(*READ_ROLES)
+def created_stats(kind: str) -> Response:
+    """Marquez's running totals of jobs, datasets or sources, per hour (DAY) or day (WEEK)."""
+    buckets = _intervals()
+    with _reader() as r:
+        return jsonify(marquez.interval_metrics_json(r.created_stats(kind, buckets)))
 
 
 @blp.route("/sources", methods=["GET"])

@@ -12,18 +12,20 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Text, and_, cast, func, or_, select, text, tuple_
+from sqlalchemy import JSON, Text, and_, cast, func, or_, select, text, tuple_
 from sqlmodel import Session, col
 
 from ledger.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from ledger.lineage.models import Dataset, DatasetVersion, Job, JobDataset, Namespace, Run, RunDataset, RunEvent
 from ledger.lineage.nodeid import NodeId, NodeRef
+from ledger.lineage.stats import EVENT_TYPES, Interval, bucket_of, cumulative, minute_start
 from ledger.security.classification import SENSITIVE, effective_tags
 from ledger.security.models import DatasetTags
 from ledger.security.principals import AuthenticatedPrincipal
 from ledger.security.visibility import PayloadGate
 from ledger.store.db import chunks
-from ledger.store.models import EntryPayload
+from ledger.store.models import EntryPayload, LogEntry
+from ledger.tlog.entry import format_time
 
 MAX_DEPTH = 100
 MAX_PAGE = 1000
@@ -31,6 +33,8 @@ MAX_PAGE = 1000
 MAX_NODE_READINGS = 32
 # Datasets a column-lineage walk may visit: the answer is bounded whatever the depth.
 MAX_COLUMN_DATASETS = 1000
+# Runs an upstream run-lineage walk may list: the answer is bounded whatever the depth.
+MAX_UPSTREAM_RUNS = 1000
 DEFAULT_SOURCE = "default"  # Marquez's source of a dataset without a `dataSource` facet
 
 # Facets that say where a dataset is, who owns it and how big it is, not what it holds: the only ones
@@ -154,6 +158,53 @@ class SearchHit:
 class EventsPage:
     total: int
     events: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class JobVersionView:
+    """One code version of a job (`code_version`: `sourceCodeLocation.version`, or the digest of
+    `sourceCode`), with the datasets its runs read and wrote and its latest run."""
+
+    job: Job
+    version: str
+    created_at: str
+    location: str | None
+    edges: list[tuple[str, str, str]]  # (direction, namespace, name)
+    latest: RunView | None
+
+
+@dataclass(frozen=True)
+class UpstreamInput:
+    """A dataset (version) a run read, and the run that produced it when that run is visible."""
+
+    namespace: str
+    name: str
+    version: str | None
+    produced_by: str | None
+
+
+@dataclass(frozen=True)
+class UpstreamRun:
+    run: Run
+    job: Job
+    depth: int
+    inputs: list[UpstreamInput]
+
+
+@dataclass(frozen=True)
+class LineageEventCounts:
+    """Marquez's LineageMetric: the run events of each counted type in one interval."""
+
+    interval: Interval
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class IntervalCount:
+    """Marquez's IntervalMetric: how many things existed by the end of one interval."""
+
+    interval: Interval
+    count: int
 
 
 def redacted_for(facets: dict[str, Any], tags: list[str], clearances: frozenset[str]) -> tuple[dict[str, Any], bool]:
@@ -531,6 +582,275 @@ class LineageReader:
             out |= {(ns, name) for ns, name in self.s.execute(q).all()}
         return out
 
+    # --- job versions and run facets ----------------------------------------------------------------
+
+    def job_versions(self, namespace: str, name: str, *, limit: int, offset: int) -> tuple[int, list[JobVersionView]]:
+        """Marquez's `GET .../jobs/<job>/versions`, newest first: one version per code version the
+        job's runs recorded (a run without one belongs to none), and the job's own code version when
+        a JobEvent declared it before any run used it."""
+        j = self._job_row(namespace, name)
+        where = and_(col(Run.job_id) == j.id, col(Run.code_version).is_not(None))
+        total = int(self.s.execute(select(func.count(func.distinct(Run.code_version))).where(where)).scalar_one())
+        declared = j.code_version
+        if declared is not None and self._run_versions(j, [declared]):
+            declared = None
+        if declared is not None:  # the newest: it arrived after every run
+            total += 1
+            if offset == 0:
+                return total, [self._declared_version(j, declared), *self._version_page(j, limit - 1, 0)]
+            offset -= 1
+        return total, self._version_page(j, limit, offset)
+
+    def job_version(self, namespace: str, name: str, version: str) -> JobVersionView:
+        j = self._job_row(namespace, name)
+        found = self._run_versions(j, [version])
+        if found:
+            return self._version_views(j, found)[0]
+        if j.code_version == version:
+            return self._declared_version(j, version)
+        raise NotFoundError(f"job {namespace}:{name} has no version {version!r}", field="version")
+
+    _VERSION_COLUMNS = (Run.code_version, func.min(Run.first_seq), func.max(Run.first_seq))
+
+    def _run_versions(self, j: Job, versions: list[str]) -> list[tuple[str, int, int]]:
+        """(version, first seq, latest run's first seq) of those of `versions` the job's runs recorded."""
+        q = (
+            select(*self._VERSION_COLUMNS)
+            .where(col(Run.job_id) == j.id, col(Run.code_version).in_(versions))
+            .group_by(col(Run.code_version))
+        )
+        return [(v, a, b) for v, a, b in self.s.execute(q).all()]
+
+    def _version_page(self, j: Job, limit: int, offset: int) -> list[JobVersionView]:
+        if limit <= 0:
+            return []
+        q = (
+            select(*self._VERSION_COLUMNS)
+            .where(col(Run.job_id) == j.id, col(Run.code_version).is_not(None))
+            .group_by(col(Run.code_version))
+            .order_by(func.min(Run.first_seq).desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        return self._version_views(j, [(v, a, b) for v, a, b in self.s.execute(q).all()])
+
+    def _version_views(self, j: Job, rows: list[tuple[str, int, int]]) -> list[JobVersionView]:
+        """Views of (version, first seq, latest run's first seq): a few queries for the whole page."""
+        if not rows:
+            return []
+        times: dict[int, str] = dict(
+            self.s.execute(
+                select(LogEntry.seq, LogEntry.integrated_time).where(col(LogEntry.seq).in_([a for _, a, _ in rows]))
+            ).all()
+        )
+        latest = {
+            r.first_seq: r
+            for r in self.s.execute(
+                select(Run).where(col(Run.job_id) == j.id, col(Run.first_seq).in_([b for _, _, b in rows]))
+            ).scalars()
+        }
+        job_facets = self._run_job_facets(list(latest.values()))
+        q = (
+            select(Run.code_version, RunDataset.direction, Dataset.namespace, Dataset.name)
+            .join(RunDataset, col(RunDataset.run_id) == col(Run.run_id))
+            .join(Dataset, col(Dataset.id) == col(RunDataset.dataset_id))
+            .where(col(Run.job_id) == j.id, col(Run.code_version).in_([v for v, _, _ in rows]))
+            .distinct()
+            .order_by(col(Dataset.namespace), col(Dataset.name))
+        )
+        edges: dict[str, list[tuple[str, str, str]]] = {}
+        for v, direction, ns, name in self.s.execute(q).all():
+            edges.setdefault(v, []).append((direction, ns, name))
+        out = []
+        for v, first, last in rows:
+            run = latest.get(last)
+            facets = job_facets.get(run.run_id, {}) if run is not None else {}
+            location = job_location(facets) or (job_location(j.facets) if v == j.code_version else None)
+            view = RunView(run, j, self._run_io(run.run_id)) if run is not None else None
+            out.append(JobVersionView(j, v, times.get(first, j.created_at), location, edges.get(v, []), view))
+        return out
+
+    def _declared_version(self, j: Job, version: str) -> JobVersionView:
+        """A code version only a JobEvent carries so far: the job's own datasets, no run; created at
+        the job's last update (the projection keeps no earlier time for it)."""
+        edges = [(direction, d.namespace, d.name) for direction, d in self._job_edges(j)]
+        return JobVersionView(j, version, j.updated_at, job_location(j.facets), edges, None)
+
+    def run_facets(self, run_id: str, kind: str) -> tuple[str, dict[str, Any]]:
+        """Marquez's `GET /jobs/runs/<id>/facets?type=run|job`: the run's facets as `/jobs/runs/<id>`
+        serves them, or the job facets its own events carried (merged in log order). Out of scope
+        reads as absent, as for the run itself."""
+        r = self.run(run_id).row
+        if kind == "run":
+            return r.run_id, r.facets
+        if kind == "job":
+            return r.run_id, self._run_job_facets([r]).get(r.run_id, {})
+        raise InvalidRequestError("type must be run or job", field="type")
+
+    def _run_job_facets(self, runs: list[Run]) -> dict[str, dict[str, Any]]:
+        """run id -> the job facets of its run events, a facet of the same name replacing the earlier.
+
+        Read from the log's payloads (the projection keeps only the job's latest facets); an erased
+        payload contributes nothing. Job facets are served as `/jobs/<job>` serves them: they describe
+        the job, not a dataset's content, so classification does not withhold them.
+        """
+        owner = {seq: r.run_id for r in runs for seq in r.seqs}
+        out: dict[str, dict[str, Any]] = {r.run_id: {} for r in runs}
+        for part in chunks(sorted(owner), 1000):
+            q = select(EntryPayload.seq, EntryPayload.payload).where(col(EntryPayload.seq).in_(part))
+            for seq, payload in sorted(self.s.execute(q).all()):
+                event = json.loads(payload)
+                job = event.get("job") if isinstance(event, dict) else None
+                facets = job.get("facets") if isinstance(job, dict) else None
+                if isinstance(facets, dict):
+                    out[owner[seq]].update(facets)
+        return out
+
+    # --- run lineage ------------------------------------------------------------------------------
+
+    def run_upstream(self, run_id: str, *, depth: int) -> list[UpstreamRun]:
+        """Marquez's `GET /api/v1/runlineage/upstream`: the run, the runs that produced the dataset
+        versions it read, theirs in turn, `depth` hops; by depth, then job name.
+
+        A dataset version's producer is the run that wrote that version, or (unversioned, or a version
+        no run claims) the last run that wrote the dataset before the consumer started, the rule of the
+        provenance closure. Scope: the run itself is 404 outside it, as `/jobs/runs/<id>`; runs and
+        datasets of other namespaces are left out and not walked through, and a producer outside it is
+        not named. Nothing here is a facet, so classification withholds nothing.
+        """
+        seed = self.run(run_id)
+        if seed.job is None:
+            return []
+        seen: dict[str, tuple[Run, Job]] = {seed.row.run_id: (seed.row, seed.job)}  # visible runs
+        checked: set[str] = set(seen)
+        listed: set[str] = set()
+        frontier = [seed.row.run_id]
+        out: list[UpstreamRun] = []
+        for level in range(depth + 1):
+            inputs = {rid: self._inputs(seen[rid][0]) for rid in frontier}
+            producers = {p for found in inputs.values() for _, _, p in found if p is not None}
+            self._load_visible_runs(producers - checked, seen)
+            checked |= producers
+            for rid in frontier:
+                run, job = seen[rid]
+                ups = [UpstreamInput(d.namespace, d.name, v, p if p in seen else None) for d, v, p in inputs[rid]]
+                out.append(UpstreamRun(run, job, level, ups))
+                listed.add(rid)
+            frontier = sorted(p for p in producers if p in seen and p not in listed)
+            if not frontier:
+                break
+        return sorted(out, key=lambda u: (u.depth, u.job.name, u.job.namespace, u.run.run_id))
+
+    def _load_visible_runs(self, run_ids: set[str], seen: dict[str, tuple[Run, Job]]) -> None:
+        """Adds to `seen` the runs of `run_ids` whose job this principal may read."""
+        for part in chunks(sorted(run_ids), 1000):
+            q = select(Run, Job).join(Job, col(Job.id) == col(Run.job_id)).where(col(Run.run_id).in_(part))
+            for run, job in self.s.execute(q).all():
+                if self.viewer.may_read_namespace(job.namespace):
+                    seen[run.run_id] = (run, job)
+        if len(seen) > MAX_UPSTREAM_RUNS:
+            raise InvalidRequestError(
+                f"the upstream lineage reaches more than {MAX_UPSTREAM_RUNS} runs; lower depth", field="depth"
+            )
+
+    def _inputs(self, run: Run) -> list[tuple[Dataset, str | None, str | None]]:
+        """(dataset, version, producing run id) of each input of `run` this principal may read."""
+        edges = [
+            (e, d)
+            for e, d in self._run_io(run.run_id)
+            if e.direction == "in" and self.viewer.may_read_namespace(d.namespace)
+        ]
+        keys = [(d.id, e.version) for e, d in edges if e.version is not None]
+        claimed: dict[tuple[int, str], str] = {}
+        for part in chunks(keys, 500):
+            q = select(DatasetVersion.dataset_id, DatasetVersion.version, DatasetVersion.produced_by_run).where(
+                tuple_(col(DatasetVersion.dataset_id), col(DatasetVersion.version)).in_(part),
+                col(DatasetVersion.produced_by_run).is_not(None),
+            )
+            claimed |= {(ds, v): p for ds, v, p in self.s.execute(q).all()}
+        out = []
+        for e, d in edges:
+            producer = claimed.get((d.id, e.version)) if e.version is not None else None  # type: ignore[arg-type]
+            out.append((d, e.version, producer or self._last_writer(d, e.version, run)))
+        return out
+
+    def _last_writer(self, d: Dataset, version: str | None, consumer: Run) -> str | None:
+        """The last run that wrote `d` (that version of it, if given) before `consumer` started."""
+        q = (
+            select(Run.run_id)
+            .join(RunDataset, col(RunDataset.run_id) == col(Run.run_id))
+            .where(
+                col(RunDataset.dataset_id) == d.id,
+                col(RunDataset.direction) == "out",
+                col(Run.first_seq) < consumer.first_seq,
+            )
+            .order_by(col(Run.first_seq).desc())
+            .limit(1)
+        )
+        if version is not None:
+            q = q.where(col(RunDataset.version) == version)
+        return self.s.execute(q).scalar_one_or_none()
+
+    # --- stats ------------------------------------------------------------------------------------
+
+    def lineage_event_stats(self, buckets: list[Interval]) -> list[LineageEventCounts]:
+        """Marquez's `GET /api/v1/stats/lineage-events`: run events per type and interval, by
+        `eventTime`, of the namespaces this principal reads. The type is read from the event in the
+        log; an erased event is no longer counted. Counts reveal no facet, so nothing is withheld."""
+        counts = [dict.fromkeys(EVENT_TYPES, 0) for _ in buckets]
+        if not buckets:
+            return []
+        event_type = self._json_text(EntryPayload.payload, "eventType")
+        minute = func.substr(RunEvent.event_time, 1, 16)
+        q = (
+            select(minute, event_type, func.count())
+            .select_from(RunEvent)
+            .join(EntryPayload, col(EntryPayload.seq) == col(RunEvent.seq))
+            .where(
+                col(RunEvent.event_time) >= format_time(buckets[0].start),
+                col(RunEvent.event_time) < format_time(buckets[-1].end),
+                self._in_scope(RunEvent.namespace),
+            )
+            .group_by(minute, event_type)
+        )
+        for key, kind, n in self.s.execute(q).all():
+            i = bucket_of(buckets, minute_start(key))
+            if i is not None and kind in counts[i]:
+                counts[i][kind] += n
+        return [LineageEventCounts(b, c) for b, c in zip(buckets, counts, strict=True)]
+
+    def _json_text(self, column: Any, key: str) -> Any:
+        """The text of a top-level member of a JSON document held as text, in this database's SQL."""
+        if self.s.get_bind().dialect.name == "postgresql":
+            return func.json_extract_path_text(cast(column, JSON), key)
+        return func.json_extract(column, f"$.{key}")
+
+    def created_stats(self, kind: str, buckets: list[Interval]) -> list[IntervalCount]:
+        """Marquez's `GET /api/v1/stats/jobs|datasets|sources`: how many existed by the end of each
+        interval (by when each was first recorded), of those this principal may list."""
+        times: Any
+        if kind == "jobs":
+            times = select(col(Job.created_at).label("t")).where(self._in_scope(Job.namespace))
+        elif kind == "datasets":
+            times = select(col(Dataset.created_at).label("t")).where(self._in_scope(Dataset.namespace))
+        elif kind == "sources":  # a source is first recorded with its first dataset, as /sources says
+            times = (
+                select(func.min(Dataset.created_at).label("t"))
+                .where(self._source_where())
+                .group_by(col(Dataset.source_name))
+            )
+        else:
+            raise InvalidRequestError("stats are of lineage-events, jobs, datasets or sources", field="kind")
+        if not buckets:
+            return []
+        t = times.subquery().c.t
+        start, end = format_time(buckets[0].start), format_time(buckets[-1].end)
+        before = self.s.execute(select(func.count()).where(t < start)).scalar_one()
+        minute = func.substr(t, 1, 16)
+        rows = self.s.execute(select(minute, func.count()).where(t >= start, t < end).group_by(minute)).all()
+        totals = cumulative(buckets, int(before), [(k, int(n)) for k, n in rows])
+        return [IntervalCount(b, n) for b, n in zip(buckets, totals, strict=True)]
+
     # --- events -----------------------------------------------------------------------------------
 
     def run_events(
@@ -695,6 +1015,13 @@ def _column_nodes(view: DatasetView, visible: Any) -> list[ColumnNode]:
 
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def job_location(facets: dict[str, Any]) -> str | None:
+    """Marquez's job `location`: the `sourceCodeLocation` facet's url."""
+    loc = facets.get("sourceCodeLocation")
+    url = loc.get("url") if isinstance(loc, dict) else None
+    return url if isinstance(url, str) else None
 
 
 IDENTITY_KEYS = ("eventType", "eventTime", "producer", "schemaURL")
