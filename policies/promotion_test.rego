@@ -376,3 +376,57 @@ cases.messages_keep_unusual_characters := {
 	]),
 	"deny": {"upstream dataset s3://features:q\"uote\\ é has no version"},
 }
+
+# --- Long lists: at most promotion.max_listed (20) items named per rule, then a count ----------------
+
+many_unversioned := [ds |
+	some i in numbers.range(101, 123)
+	ds := {
+		"namespace": "s3://many", "name": concat("", ["d", format_int(i, 10)]), "version": null,
+		"produced_by_run": "9a8b7c6d-0000-4000-8000-000000000001", "source": false, "tags": [], "classified": false,
+	}
+]
+
+cases.many_unversioned_datasets_are_listed_up_to_twenty_then_counted := {
+	"input": patched([{"op": "replace", "path": "/upstream/datasets", "value": many_unversioned}]),
+	"deny": {msg |
+		some i in numbers.range(101, 120)
+		msg := concat("", ["upstream dataset s3://many:d", format_int(i, 10), " has no version"])
+	} | {"and 3 more upstream datasets have no version"},
+}
+
+cases.twenty_unversioned_datasets_are_all_listed := {
+	"input": patched([{"op": "replace", "path": "/upstream/datasets", "value": array.slice(many_unversioned, 0, 20)}]),
+	"deny": {msg |
+		some i in numbers.range(101, 120)
+		msg := concat("", ["upstream dataset s3://many:d", format_int(i, 10), " has no version"])
+	},
+}
+
+many_violations := [v | some i in numbers.range(1, 22); v := {"id": i, "dataset": "s3://raw:customers", "run_id": "r-9", "reason": "drift"}]
+
+cases.many_open_violations_are_listed_up_to_twenty_then_counted := {
+	"input": patched([{"op": "replace", "path": "/open_violations", "value": many_violations}]),
+	"deny": {msg |
+		some i in numbers.range(1, 20)
+		msg := concat("", ["open policy violation ", format_int(i, 10), " on upstream dataset s3://raw:customers (run r-9): drift"])
+	} | {"and 2 more open policy violations on upstream datasets"},
+}
+
+cases.high_risk_model_approved_twice_by_one_approver_still_warns := {
+	"input": patched([
+		{"op": "add", "path": "/model/model_card", "value": {"risk_tier": "high"}},
+		{"op": "add", "path": "/approvals/-", "value": {"stage": "production", "approver": "alice", "approver_roles": ["approver"], "seq": 15}},
+	]),
+	"deny": set(),
+	"warn": {concat("", [model, " has model card risk tier high but 1 qualifying approval(s) for stage production; two are recommended"])},
+}
+
+cases.high_risk_model_approved_by_two_approvers_does_not_warn := {
+	"input": patched([
+		{"op": "add", "path": "/model/model_card", "value": {"risk_tier": "high"}},
+		{"op": "add", "path": "/approvals/-", "value": {"stage": "production", "approver": "bob", "approver_roles": ["approver"], "seq": 15}},
+	]),
+	"deny": set(),
+	"warn": set(),
+}
