@@ -38,6 +38,7 @@ from openlineage.client.generated import (
     nominal_time_run,
     parent_run,
     schema_dataset,
+    source_code_location_job,
 )
 from openlineage.client.transport.http import ApiKeyTokenProvider, HttpConfig, HttpTransport
 
@@ -48,6 +49,7 @@ CRM = ("postgres://db:5432", "crm.public.customers")
 CLEAN = ("s3://lake", "clean/customers.parquet")
 SPARK = ("spark://cluster:7077", "clean orders")  # a job name with a space, a namespace with a port
 DAG = ("airflow", "nightly_dag")
+CODE = "https://github.com/example/etl/blob/abc123/clean_orders.py"
 
 
 def _ol(server: Server, token: str) -> OpenLineageClient:
@@ -85,6 +87,7 @@ def _emit_run(
     inputs: list[InputDataset] | None = None,
     outputs: list[OutputDataset] | None = None,
     run_facets: dict[str, Any] | None = None,
+    job_facets: dict[str, Any] | None = None,
 ) -> str:
     run_id = run_id or str(uuid.uuid4())
     for i, state in enumerate(states):
@@ -93,7 +96,7 @@ def _emit_run(
                 eventType=state,
                 eventTime=_at(minute + i),
                 run=Run(runId=run_id, facets=run_facets or {}),
-                job=Job(namespace=job[0], name=job[1]),
+                job=Job(namespace=job[0], name=job[1], facets=job_facets or {}),
                 producer=PRODUCER,
                 inputs=inputs or [],
                 outputs=outputs or [],
@@ -155,6 +158,11 @@ def _fill(server: Server, token: str) -> dict[str, str]:
                 run=parent_run.Run(runId=runs["dag"]), job=parent_run.Job(namespace=DAG[0], name=DAG[1])
             ),
             "nominalTime": nominal_time_run.NominalTimeRunFacet(nominalStartTime=_at(0)),
+        },
+        job_facets={
+            "sourceCodeLocation": source_code_location_job.SourceCodeLocationJobFacet(
+                type="git", url=CODE, version="abc123"
+            )
         },
     )
     runs["failed"] = _emit_run(ol, ("spark://cluster:7077", "flaky"), [RunState.START, RunState.FAIL], minute=5)
@@ -322,6 +330,48 @@ def test_every_marquez_client_read(server: Server, estate: dict[str, Any]) -> No
     assert f"job:{SPARK[0]}:{SPARK[1]}" in {n["id"] for n in graph["graph"]}
     seen += [hits, graph]
 
+    # Reads marquez-python 0.50.0 has no method for: job versions, run facets, upstream run lineage
+    # and stats, in Marquez's shapes.
+    spark_versions = f"/api/v1/namespaces/{quote(SPARK[0], safe='')}/jobs/{quote(SPARK[1], safe='')}/versions"
+    versions = _get(server, token, spark_versions).json()
+    assert versions["totalCount"] == 1 and job["currentVersion"] == "abc123"
+    job_version = versions["versions"][0]
+    assert job_version["id"] == {"namespace": SPARK[0], "name": SPARK[1], "version": "abc123"}
+    assert job_version["location"] == CODE and job_version["latestRun"]["id"] == runs["spark"]
+    assert job_version["inputs"] == [{"namespace": CRM[0], "name": CRM[1]}]
+    assert job_version["outputs"] == [{"namespace": CLEAN[0], "name": CLEAN[1]}]
+    assert _get(server, token, f"{spark_versions}/abc123").json() == job_version
+    assert _get(server, token, f"{spark_versions}/no-such-version").status_code == 404
+    run_facets = _get(server, token, f"/api/v1/jobs/runs/{runs['spark']}/facets", type="run").json()
+    assert run_facets == {"runId": runs["spark"], "facets": run["facets"]}
+    assert {"parent", "nominalTime"} <= set(run_facets["facets"])
+    job_facets = _get(server, token, f"/api/v1/jobs/runs/{runs['spark']}/facets", type="job").json()["facets"]
+    assert job_facets["sourceCodeLocation"]["version"] == "abc123"
+    upstream = _get(server, token, "/api/v1/runlineage/upstream", runId=runs["spark"], depth=5).json()
+    assert upstream == {
+        "runs": [
+            {
+                "job": {"namespace": SPARK[0], "name": SPARK[1], "version": "abc123"},
+                "run": {
+                    "id": runs["spark"],
+                    "start": "2026-11-30T12:02:00.000000Z",
+                    "end": "2026-11-30T12:03:00.000000Z",
+                    "status": "COMPLETED",
+                },
+                # declared by a DatasetEvent: no run produced it
+                "inputs": [{"namespace": CRM[0], "name": CRM[1], "version": "v1", "producedByRunId": None}],
+            }
+        ]
+    }
+    job_stats = _get(server, token, "/api/v1/stats/jobs", period="DAY").json()
+    assert len(job_stats) == 24 and job_stats[-1]["count"] == 6
+    sources_stats = _get(server, token, "/api/v1/stats/sources", period="WEEK", timezone="Europe/Berlin").json()
+    assert len(sources_stats) == 7 and sources_stats[-1]["count"] == 1
+    event_stats = _get(server, token, "/api/v1/stats/lineage-events", period="DAY").json()
+    assert set(event_stats[0]) == {"startInterval", "endInterval", "fail", "start", "complete", "abort"}
+    assert _get(server, token, "/api/v1/stats/lineage-events", period="WEEK").status_code == 400  # as Marquez
+    seen += [versions, job_version]
+
     # One timestamp format everywhere: Marquez's.
     bad = [(p, v) for p, v in _times(seen) if not (isinstance(v, str) and MARQUEZ_TIME.match(v))]
     assert not bad, bad
@@ -346,6 +396,15 @@ def test_marquez_reads_follow_scope_and_redaction(server: Server, estate: dict[s
     events = _get(server, tokens["team"], "/api/v1/events/lineage").json()
     assert events["totalCount"] == 1 and events["events"][0]["job"]["namespace"] == "team-a"
     assert _get(server, tokens["team"], "/api/v1/search", q="customers").json()["results"] == []
+    spark_versions = f"/api/v1/namespaces/{quote(SPARK[0], safe='')}/jobs/{quote(SPARK[1], safe='')}/versions"
+    assert _get(server, tokens["team"], spark_versions).status_code == 403
+    for kind in ("run", "job"):  # another namespace's run is absent, as /jobs/runs/<id>
+        assert _get(server, tokens["team"], f"/api/v1/jobs/runs/{runs['spark']}/facets", type=kind).status_code == 404
+    assert _get(server, tokens["team"], "/api/v1/runlineage/upstream", runId=runs["spark"]).status_code == 404
+    own = _get(server, tokens["team"], "/api/v1/runlineage/upstream", runId=runs["team"]).json()["runs"]
+    assert [r["run"]["id"] for r in own] == [runs["team"]]
+    assert _get(server, tokens["team"], "/api/v1/stats/jobs", period="DAY").json()[-1]["count"] == 1
+    assert _get(server, tokens["team"], "/api/v1/stats/sources", period="DAY").json()[-1]["count"] == 0
 
     m = _marquez(server, tokens["plain"])  # an auditor without the pii clearance
     crm = m.get_dataset(*CRM)
@@ -356,6 +415,14 @@ def test_marquez_reads_follow_scope_and_redaction(server: Server, estate: dict[s
     assert m.list_sources()["sources"] == []
     with pytest.raises(APIError):
         m.get_source("crm")
+    assert _get(server, tokens["plain"], "/api/v1/stats/sources", period="DAY").json()[-1]["count"] == 0
+    # Run and job facets follow the run and job reads (not withheld there either); the job version
+    # names the classified input as the job read does, by identity only.
+    spark_run = m.get_job_run(runs["spark"])
+    run_facets = _get(server, tokens["plain"], f"/api/v1/jobs/runs/{runs['spark']}/facets", type="run").json()
+    assert run_facets["facets"] == spark_run["facets"]
+    version = _get(server, tokens["plain"], f"{spark_versions}/abc123").json()
+    assert version["inputs"] == m.get_job(*SPARK)["inputs"] == [{"namespace": CRM[0], "name": CRM[1]}]
     events = _get(server, tokens["plain"], "/api/v1/events/lineage", sortDirection="asc").json()
     spark = [e for e in events["events"] if e["run"]["runId"] == runs["spark"]]
     assert len(spark) == 2 and all("pii" in e["withheld"] for e in spark)
