@@ -375,7 +375,7 @@ def test_evaluation_errors_fail_closed(tmp_path: Path, document: dict[str, Any],
     engine = fail_closed_engine(tmp_path)
     assert engine.evaluate("ledger.errors", {"n": 100}).allowed
     with pytest.raises(PolicyEvaluationError, match=reason):
-        engine.evaluate("ledger.errors", document)
+        engine.evaluate("ledger.errors", document, errors="raise")
     assert engine.evaluate("ledger.errors", {"n": 100}).allowed  # the engine recovers
 
 
@@ -405,7 +405,7 @@ def test_malformed_timestamp_fails_closed(engine: PolicyEngine) -> None:
     document = compliant_promotion()
     document["validations"][0]["recorded_at"] = "last tuesday"
     with pytest.raises(PolicyEvaluationError, match="Unable to parse time"):
-        engine.evaluate("ledger.promotion", document)
+        engine.evaluate("ledger.promotion", document, errors="raise")
     del document["validations"][0]["recorded_at"]
     assert engine.evaluate("ledger.promotion", document).violations == (
         "no qualifying performance validation of model churn version 3: seq 12 is older than 90 days"

@@ -1,10 +1,16 @@
 """Policy bundles (the `*.rego` files in force, hashed) and their in-process evaluation with regopy.
 
 Invariants:
-- A decision exists only if evaluation succeeded and the package produced a `deny` set of strings.
-  Anything else (unknown package, no `deny` rule, `deny` not a set, an evaluation or built-in error,
-  input that is not JSON) raises `PolicyEvaluationError`: the engine never allows by accident.
+- An allowing decision exists only if evaluation succeeded and the package produced an empty `deny`
+  set. The caller's own mistakes (unknown package, a package without `deny`, input that is not a
+  JSON object) raise `PolicyEvaluationError`. Everything that can go wrong with a valid request (an
+  evaluation or built-in error, `deny` not a set of strings, a list in the input longer than
+  `PolicyLimits.max_items`, an evaluation past `PolicyLimits.budget_seconds`) is a denial whose one
+  violation says why: the engine never allows by accident, and a promotion is never left undecided.
 - `allowed` is exactly "`deny` is empty"; `warn` never blocks.
+- Evaluations run in worker processes (`ledger.policy.worker`), so one past its budget is killed,
+  not left running: the caller waits at most the budget (plus the round trip), however long the
+  policy would have run.
 - Every decision cites the bundle digest and the digest of the exact input bytes evaluated
   (RFC 8785 canonical JSON), so a decision can be re-derived from the log.
 - Rego v1 only (see `ledger.policy.syntax`); every module's package is under `ledger.`.
@@ -13,22 +19,33 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
+import select
+import subprocess
+import sys
 import threading
+import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any, Literal, NamedTuple
 
 import rfc8785
 
 from ledger.policy import rego
 from ledger.policy.errors import PolicyEvaluationError, PolicyLoadError
 from ledger.policy.syntax import RegoModuleInfo, scan_module
+from ledger.policy.worker import frame
 
 __all__ = [
+    "DEFAULT_BUDGET_SECONDS",
+    "DEFAULT_MAX_ITEMS",
     "PolicyBundle",
     "PolicyEngine",
+    "PolicyLimits",
     "PolicyResult",
     "RegoTestResult",
     "bundle_digest",
@@ -37,6 +54,10 @@ __all__ = [
 ]
 
 TEST_FILE_SUFFIX = "_test.rego"
+DEFAULT_MAX_ITEMS = 10_000
+DEFAULT_BUDGET_SECONDS = 2.0
+# How long a worker may take to start and compile the bundle (about 0.3 s; more on a loaded host).
+WORKER_START_SECONDS = 60.0
 
 logger = logging.getLogger(__name__)
 
@@ -148,22 +169,189 @@ def _messages(document: Mapping[str, Any], rule: str, *, package: str) -> tuple[
     return tuple(sorted(value))
 
 
-class _Runtime(NamedTuple):
-    interpreter: Any
-    decisions: dict[str, Any]  # package -> compiled decision bundle
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyLimits:
+    """Bounds on one evaluation; past either, the decision is a denial that names the bound.
+
+    `max_items`: the most items any list in the input may hold, nested lists included.
+    `budget_seconds`: wall-clock time from sending the input to a worker to its answer.
+    `processes`: worker processes kept for evaluations (started on first use); callers beyond that
+    many wait for a free one, which each busy one becomes within its budget.
+    """
+
+    max_items: int = DEFAULT_MAX_ITEMS
+    budget_seconds: float = DEFAULT_BUDGET_SECONDS
+    processes: int = 2
+
+    def __post_init__(self) -> None:
+        if self.max_items < 1 or not self.budget_seconds > 0 or self.processes < 1:
+            raise ValueError(f"policy limits must be positive: {self!r}")
+
+
+def oversized_list(document: Any, max_items: int) -> tuple[str, int] | None:
+    """The path (e.g. `upstream.datasets`, `approvals[3].approver_roles`) and length of the first list
+    in `document` longer than `max_items`, if any. One iterative pass over the containers; scalars
+    are not visited."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(document, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, Mapping):
+            children: Any = value.items()
+        elif isinstance(value, list | tuple):
+            if len(value) > max_items:
+                return _path_text(path), len(value)
+            children = enumerate(value)
+        else:
+            continue
+        stack.extend((child, (*path, key)) for key, child in children if isinstance(child, Mapping | list | tuple))
+    return None
+
+
+def _path_text(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "input"
+
+
+class _BudgetExceededError(Exception):
+    pass
+
+
+class _Worker:
+    """One `ledger.policy.worker` process with its bundle compiled."""
+
+    def __init__(self, setup: bytes) -> None:
+        env = dict(os.environ)
+        # The worker imports this package from wherever this process found it.
+        root = str(Path(__file__).resolve().parent.parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ledger.policy.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            close_fds=True,
+        )
+        try:
+            reply = self._exchange([setup], time.monotonic() + WORKER_START_SECONDS)
+        except BaseException:
+            self.kill()
+            raise
+        if "error" in reply:
+            self.kill()
+            raise PolicyEvaluationError(f"the evaluation process refused the bundle: {reply['error']}", package="*")
+
+    def _exchange(self, frames: list[bytes], deadline: float) -> dict[str, Any]:
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None and stdout is not None
+        try:
+            # The worker reads whole frames as soon as it is idle, so this does not block for long.
+            stdin.write(b"".join(frame(f) for f in frames))
+            stdin.flush()
+        except (BrokenPipeError, OSError) as e:
+            raise EOFError(f"the evaluation process is gone ({self._exit()})") from e
+        size = int.from_bytes(self._read(stdout, 4, deadline), "big")
+        return json.loads(self._read(stdout, size, deadline))  # type: ignore[no-any-return]
+
+    def _read(self, stream: IO[bytes], size: int, deadline: float) -> bytes:
+        fd = stream.fileno()
+        data = bytearray()
+        while len(data) < size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                raise _BudgetExceededError
+            chunk = os.read(fd, min(size - len(data), 1 << 20))
+            if not chunk:
+                raise EOFError(f"the evaluation process ended ({self._exit()})")
+            data += chunk
+        return bytes(data)
+
+    def _exit(self) -> str:
+        try:
+            code = self.process.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            return "still running"
+        return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+
+    def evaluate(self, package: str, canonical: bytes, deadline: float) -> dict[str, Any]:
+        """The worker's answer; raises `_BudgetExceededError` at `deadline`, `EOFError` if it died."""
+        return self._exchange([package.encode("utf-8"), canonical], deadline)
+
+    def kill(self) -> None:
+        """Stop the process now (SIGKILL: rego-cpp cannot be interrupted otherwise) and reap it."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                stream.close()
+
+
+class _Pool:
+    """Up to `size` workers, started on demand; a worker that overran or failed is killed, not reused."""
+
+    def __init__(self, setup: bytes, size: int) -> None:
+        self._setup = setup
+        self._size = size
+        self._cond = threading.Condition()
+        self._idle: list[_Worker] = []
+        self._live = 0
+        self._pid = os.getpid()
+        self._closed = False
+
+    def acquire(self) -> _Worker:
+        with self._cond:
+            if self._pid != os.getpid():
+                # A forked copy of this process (e.g. a pre-forking server): the workers are the
+                # parent's; leave them to it and start our own.
+                self._idle, self._live, self._pid = [], 0, os.getpid()
+            while not self._idle and self._live >= self._size:
+                self._cond.wait()
+            if self._idle:
+                return self._idle.pop()
+            self._live += 1
+        try:
+            return _Worker(self._setup)
+        except BaseException:
+            with self._cond:
+                self._live -= 1
+                self._cond.notify()
+            raise
+
+    def release(self, worker: _Worker, *, healthy: bool) -> None:
+        if healthy and not self._closed:
+            with self._cond:
+                self._idle.append(worker)
+                self._cond.notify()
+            return
+        worker.kill()
+        with self._cond:
+            self._live -= 1
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Stop the idle workers now and the busy ones when they are released."""
+        with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._live -= len(idle)
+        for worker in idle:
+            worker.kill()
 
 
 class PolicyEngine:
-    """Evaluates the bundle's packages; safe to share between threads.
+    """Evaluates the bundle's packages in worker processes within `limits`; safe to share between threads.
 
-    regopy calls run without the GIL and an interpreter holds mutable state (the input), so each
-    thread gets its own interpreter and compiled decisions, built on first use (about 60 ms of CPU
-    for the default policies) and reused: a decision then costs 3-5 ms (see `ledger.policy.rego`).
+    Workers start on first use (about 0.3 s each: a Python process that compiles the bundle) and are
+    reused: a decision then costs 3-5 ms, the input's RFC 8785 encoding and one round trip included.
+    They stop when the engine is garbage collected, at exit, or when this process ends.
     """
 
-    def __init__(self, bundle: PolicyBundle) -> None:
+    def __init__(self, bundle: PolicyBundle, *, limits: PolicyLimits | None = None) -> None:
         """Check and compile the bundle's policies; raises `PolicyLoadError` like `load_policy_bundle`."""
         self._bundle = bundle
+        self._limits = limits or PolicyLimits()
         self._sources = bundle.policy_sources
         interpreter, infos = _check(self._sources)
         rules: dict[str, set[str]] = {}
@@ -171,21 +359,11 @@ class PolicyEngine:
             rules.setdefault(info.package, set()).update(info.rules)
         self._packages = frozenset(rules)
         self._decidable = frozenset(p for p, names in rules.items() if "deny" in names)
-        self._local = threading.local()
-        self._local.runtime = self._compile(interpreter)
-
-    def _compile(self, interpreter: Any) -> _Runtime:
-        decisions = {p: rego.compile_decision(interpreter, p) for p in sorted(self._decidable)}
-        return _Runtime(interpreter, decisions)
-
-    def _runtime(self) -> _Runtime:
-        runtime: _Runtime | None = getattr(self._local, "runtime", None)
-        if runtime is None:
-            interpreter = rego.new_interpreter()
-            for name, source in self._sources.items():
-                rego.add_module(interpreter, name, source)
-            runtime = self._local.runtime = self._compile(interpreter)
-        return runtime
+        for package in sorted(self._decidable):  # compile errors surface here, not in a worker
+            rego.compile_decision(interpreter, package)
+        setup = {"sources": self._sources, "packages": sorted(self._decidable), "budget": self._limits.budget_seconds}
+        self._pool = _Pool(json.dumps(setup).encode("utf-8"), self._limits.processes)
+        weakref.finalize(self, self._pool.close)
 
     @property
     def bundle(self) -> PolicyBundle:
@@ -193,14 +371,28 @@ class PolicyEngine:
         return self._bundle
 
     @property
+    def limits(self) -> PolicyLimits:
+        """The bounds every evaluation runs within."""
+        return self._limits
+
+    @property
     def packages(self) -> frozenset[str]:
         """The packages the bundle's policy files declare, e.g. `ledger.promotion`."""
         return self._packages
 
-    def evaluate(self, package: str, input: Mapping[str, Any]) -> PolicyResult:
+    def close(self) -> None:
+        """Stop the worker processes (a later evaluation starts new ones)."""
+        self._pool.close()
+
+    def evaluate(
+        self, package: str, input: Mapping[str, Any], *, errors: Literal["deny", "raise"] = "deny"
+    ) -> PolicyResult:
         """Evaluate the `deny` and `warn` sets of `package` (e.g. `ledger.promotion`) for `input`.
 
-        Raises `PolicyEvaluationError` rather than return a decision it cannot stand behind.
+        Past a bound of `limits`, the result is a denial naming the bound. A failed evaluation is a
+        denial with the reason (`errors="deny"`), or raises `PolicyEvaluationError` (`"raise"`, for
+        tests of the policy itself). A request that cannot be evaluated at all (unknown package, no
+        `deny` rule, input not a JSON object) raises `PolicyEvaluationError`.
         """
         if package not in self._packages:
             known = ", ".join(sorted(self._packages))
@@ -211,28 +403,70 @@ class PolicyEngine:
             raise PolicyEvaluationError("defines no `deny` rule", package=package)
         if not isinstance(input, Mapping):
             raise PolicyEvaluationError("input must be a JSON object", package=package)
+        oversized = oversized_list(input, self._limits.max_items)  # a denial cites the input digest too
         try:
             canonical = rfc8785.dumps(dict(input))
         except (rfc8785.CanonicalizationError, TypeError) as e:
             raise PolicyEvaluationError(f"input is not canonical JSON: {e}", package=package) from e
-        runtime = self._runtime()
+        input_digest = _sha256(canonical)
+        if oversized is not None:
+            path, size = oversized
+            limit = self._limits.max_items
+            return self._denial(f"policy input too large: {path} has {size} items, at most {limit}", input_digest)
         try:
-            # Evaluate exactly the bytes that were hashed (RFC 8785 output is JSON).
-            rego.set_input(runtime.interpreter, canonical.decode("utf-8"), package=package)
-            document = rego.query_decision(runtime.interpreter, runtime.decisions[package], package=package)
-        except PolicyEvaluationError:
-            self._local.runtime = None  # do not reuse an interpreter in an unknown state
-            raise
-        if document is None:
-            raise PolicyEvaluationError("`deny` is undefined", package=package)
-        violations = _messages(document, "deny", package=package)
+            document = self._run(package, canonical)
+            violations = _messages(document, "deny", package=package)
+            warnings = _messages(document, "warn", package=package)
+        except _BudgetExceededError:
+            budget = self._limits.budget_seconds
+            return self._denial(f"policy evaluation exceeded its {budget:g} s budget", input_digest)
+        except PolicyEvaluationError as e:
+            if errors == "raise":
+                raise
+            return self._denial(
+                f"policy evaluation failed: {e.reason.removeprefix('evaluation failed: ')}", input_digest
+            )
         return PolicyResult(
             allowed=not violations,
             violations=violations,
-            warnings=_messages(document, "warn", package=package),
+            warnings=warnings,
             policy_digest=self._bundle.digest,
-            input_digest=_sha256(canonical),
+            input_digest=input_digest,
         )
+
+    def _denial(self, reason: str, input_digest: str) -> PolicyResult:
+        logger.warning("policy denial without a decision of the policy: %s", reason)
+        return PolicyResult(
+            allowed=False,
+            violations=(reason,),
+            warnings=(),
+            policy_digest=self._bundle.digest,
+            input_digest=input_digest,
+        )
+
+    def _run(self, package: str, canonical: bytes) -> dict[str, Any]:
+        """The decision document of `package` for the input `canonical`, computed by a worker."""
+        try:
+            worker = self._pool.acquire()
+        except (OSError, EOFError, _BudgetExceededError, ValueError) as e:
+            raise PolicyEvaluationError(f"cannot start an evaluation process: {e!r}", package=package) from e
+        healthy = False
+        try:
+            # The budget starts once a worker is ready: waiting for one is not evaluation time.
+            reply = worker.evaluate(package, canonical, time.monotonic() + self._limits.budget_seconds)
+            healthy = True
+        except EOFError as e:  # crashed (rego-cpp can abort the process)
+            raise PolicyEvaluationError(str(e), package=package) from e
+        finally:
+            self._pool.release(worker, healthy=healthy)  # an overrun worker is killed here
+        if "error" in reply:
+            raise PolicyEvaluationError(str(reply["error"]), package=package)
+        document = reply.get("document")
+        if document is None:
+            raise PolicyEvaluationError("`deny` is undefined", package=package)
+        if not isinstance(document, dict):
+            raise PolicyEvaluationError(f"unexpected worker answer {reply!r:.200}", package=package)
+        return document
 
 
 def _case_failure(case: Any, result: PolicyResult | None) -> str | None:

@@ -27,3 +27,4 @@ class PolicyEvaluationError(PolicyError):
     def __init__(self, detail: str, *, package: str) -> None:
         super().__init__(f"policy package {package}: {detail}", package=package)
         self.package = package
+        self.reason = detail
