@@ -13,6 +13,8 @@ from ledger.errors import ConfigurationError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MAX_BODY = 5 * 1024 * 1024
+DEFAULT_POLICY_MAX_ITEMS = 10_000  # the same as ledger.policy.engine's defaults
+DEFAULT_POLICY_BUDGET_SECONDS = 2.0
 DEFAULT_PURPOSES: dict[str, list[str]] = {
     "pii": ["fraud-investigation", "regulatory-reporting", "customer-support"],
     "phi": ["treatment", "regulatory-reporting"],
@@ -37,6 +39,19 @@ def _purposes(raw: str | None) -> dict[str, list[str]]:
 def default_policy_dir() -> Path:
     """The policies shipped with the package (the repository's `policies/`)."""
     return Path(str(resources.files("ledger._policies")))
+
+
+def _float_env(env: dict[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as e:
+        raise ConfigurationError(f"{name}={raw!r} is not a number") from e
+    if not value >= minimum or value == float("inf"):
+        raise ConfigurationError(f"{name}={value} must be a finite number of at least {minimum}")
+    return value
 
 
 def _int_env(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -64,6 +79,11 @@ class Settings:
     checkpoint_interval: int = 60
     policy_dir: Path = field(default_factory=default_policy_dir)
     max_validation_age_days: int = 90
+    # Bounds of one policy evaluation (ledger.policy.engine.PolicyLimits): the most items of any list
+    # in the input, the wall-clock budget, and the worker processes that evaluate.
+    policy_max_items: int = DEFAULT_POLICY_MAX_ITEMS
+    policy_budget_seconds: float = DEFAULT_POLICY_BUDGET_SECONDS
+    policy_processes: int = 2
     run_scheduler: bool = True
     # Purposes for which data carrying each sensitive tag may be read (policies/access.rego).
     allowed_purposes: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_PURPOSES))
@@ -84,6 +104,9 @@ class Settings:
             checkpoint_interval=_int_env(e, "LEDGER_CHECKPOINT_INTERVAL", 60, 1),
             policy_dir=Path(e["LEDGER_POLICY_DIR"]) if e.get("LEDGER_POLICY_DIR") else default_policy_dir(),
             max_validation_age_days=_int_env(e, "LEDGER_MAX_VALIDATION_AGE_DAYS", 90, 1),
+            policy_max_items=_int_env(e, "LEDGER_POLICY_MAX_ITEMS", DEFAULT_POLICY_MAX_ITEMS, 1),
+            policy_budget_seconds=_float_env(e, "LEDGER_POLICY_BUDGET_SECONDS", DEFAULT_POLICY_BUDGET_SECONDS, 0.1),
+            policy_processes=_int_env(e, "LEDGER_POLICY_PROCESSES", 2, 1),
             run_scheduler=e.get("LEDGER_SCHEDULER", "1") not in ("0", "false", "no"),
             allowed_purposes=_purposes(e.get("LEDGER_ACCESS_PURPOSES")),
         )

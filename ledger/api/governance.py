@@ -23,11 +23,18 @@ from ledger.api.governance_schemas import (
     load,
 )
 from ledger.api.lineage import receipt_json
-from ledger.errors import InvalidRequestError, PolicyError, UnprocessableError, VerificationError
+from ledger.errors import (
+    InvalidRequestError,
+    PayloadTooLargeError,
+    PolicyError,
+    UnprocessableError,
+    VerificationError,
+)
 from ledger.governance.models import ModelVersion
 from ledger.governance.projection import require_version
 from ledger.governance.provenance import promotion_input
 from ledger.governance.service import GovernanceService
+from ledger.policy.engine import oversized_list
 from ledger.runtime import Runtime
 from ledger.security.visibility import withhold_for
 from ledger.tlog.entry import format_time
@@ -193,9 +200,21 @@ def policies() -> Response:
 )
 @requires("security", "admin", "auditor", "approver")
 def evaluate() -> Response:
-    """Dry run: evaluate a policy on a given input, or on the input the log gives a model version."""
-    body = load(EvaluateSchema(), json_body())
+    """Dry run: evaluate a policy on a given input, or on the input the log gives a model version.
+
+    The same bounds as a promotion (LEDGER_POLICY_MAX_ITEMS, LEDGER_POLICY_BUDGET_SECONDS): past
+    them the answer is the denial a promotion would record. A body with a longer list is refused (413).
+    """
     rt = _rt()
+    raw = json_body()
+    max_items = rt.policy.limits.max_items
+    oversized = oversized_list(raw, max_items)
+    if oversized is not None:
+        path, size = oversized
+        raise PayloadTooLargeError(
+            f"{path} has {size} items, at most {max_items} (LEDGER_POLICY_MAX_ITEMS)", field=path
+        )
+    body = load(EvaluateSchema(), raw)
     doc = body.get("input")
     if doc is None:
         if not body.get("model") or not body.get("version"):
