@@ -11,6 +11,7 @@ from flask_smorest import Api
 from prometheus_client import Counter, Histogram
 
 from ledger.api import admin, governance, lineage, log, names, ops, reads, security
+from ledger.api.consistency import wait_for_projections
 from ledger.api.problems import register_error_handlers
 from ledger.config import Settings
 from ledger.errors import InvalidRequestError
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     api.register_blueprint(security.blp)
     app.register_blueprint(ops.bp)
     register_error_handlers(app)  # after Api(): ours replace flask-smorest's JSON errors
+    rt.projector.start()  # this process's applier; `rt.close()` stops it
 
     @app.get("/api/v1/openapi.json")
     def openapi_json() -> Response:
@@ -100,6 +102,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         g.t0 = time.perf_counter()
         if "\x00" in request.path:  # no database can store it, and no name holds it
             raise InvalidRequestError("the path holds a NUL character", field="path")
+
+    app.before_request(wait_for_projections)  # after `_start`: reads wait for their writes
 
     @app.after_request
     def _count(resp: Response) -> Response:

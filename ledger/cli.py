@@ -324,7 +324,7 @@ def rebuild() -> None:
 
     rt = build_runtime(_settings())
     try:
-        counts = rebuild_all(rt.db)
+        counts = rebuild_all(rt.projector)
     finally:
         rt.close()
     click.echo("rebuilt: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -84,6 +84,7 @@ class Settings:
     policy_max_items: int = DEFAULT_POLICY_MAX_ITEMS
     policy_budget_seconds: float = DEFAULT_POLICY_BUDGET_SECONDS
     policy_processes: int = 2
+    max_projection_lag: int = 10_000
     run_scheduler: bool = True
     # Purposes for which data carrying each sensitive tag may be read (policies/access.rego).
     allowed_purposes: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_PURPOSES))
@@ -107,6 +108,7 @@ class Settings:
             policy_max_items=_int_env(e, "LEDGER_POLICY_MAX_ITEMS", DEFAULT_POLICY_MAX_ITEMS, 1),
             policy_budget_seconds=_float_env(e, "LEDGER_POLICY_BUDGET_SECONDS", DEFAULT_POLICY_BUDGET_SECONDS, 0.1),
             policy_processes=_int_env(e, "LEDGER_POLICY_PROCESSES", 2, 1),
+            max_projection_lag=_int_env(e, "LEDGER_MAX_PROJECTION_LAG", 10_000, 0),
             run_scheduler=e.get("LEDGER_SCHEDULER", "1") not in ("0", "false", "no"),
             allowed_purposes=_purposes(e.get("LEDGER_ACCESS_PURPOSES")),
         )

@@ -96,6 +96,13 @@ class ConflictError(LedgerError):
     title = "Conflict"
 
 
+class UnavailableError(LedgerError):
+    """The service cannot answer this now; `retry_after` says when to try again."""
+
+    status = 503
+    title = "Service unavailable"
+
+
 class PolicyError(LedgerError):
     """The policy bundle cannot be loaded or evaluated: fail closed."""
 

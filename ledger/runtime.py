@@ -7,15 +7,16 @@ from dataclasses import dataclass
 from ledger.config import Settings
 from ledger.governance.service import GovernanceService
 from ledger.lineage.intake import LineageIntake
-from ledger.lineage.projection import lineage_projector
 from ledger.policy.bundle_entry import record_policy_bundle
 from ledger.policy.engine import PolicyEngine, load_policy_bundle
-from ledger.security.access import AccessService, intake_screen
+from ledger.projections import PROJECTIONS
+from ledger.security.access import AccessService, violation_screen
 from ledger.security.keyring import Keyring, key_state
 from ledger.security.keys import KeyFile, check_host_key, key_id_of, load_signing_key
 from ledger.security.principals import PrincipalStore
 from ledger.store.db import Database
 from ledger.store.ledger import Ledger
+from ledger.store.projector import Projector
 
 
 @dataclass
@@ -29,8 +30,10 @@ class Runtime:
     policy: PolicyEngine
     governance: GovernanceService
     access: AccessService
+    projector: Projector
 
     def close(self) -> None:
+        self.projector.stop()
         self.db.dispose()
 
 
@@ -77,9 +80,17 @@ def build_runtime(settings: Settings, *, policy: PolicyEngine | None = None) -> 
         p = principals.get(name)
         return p.roles if p is not None else frozenset()
 
+    def clearances_of(name: str) -> frozenset[str]:
+        p = principals.get(name)
+        return p.clearances if p is not None else frozenset()
+
+    screen = violation_screen(ledger, policy_digest=policy.bundle.digest, clearances_of=clearances_of)
+    projector = Projector(db, PROJECTIONS, [screen])
+    ledger.on_commit = lambda _size: projector.notify()
     governance = GovernanceService(
         ledger,
         policy,
+        projector,
         config={
             "max_validation_age_days": settings.max_validation_age_days,
             "required_validations": ["performance", "bias"],
@@ -92,8 +103,9 @@ def build_runtime(settings: Settings, *, policy: PolicyEngine | None = None) -> 
         ledger=ledger,
         principals=principals,
         keyring=Keyring(db, ledger),
-        intake=LineageIntake(ledger, project=lineage_projector, screen=intake_screen(policy)),
+        intake=LineageIntake(ledger),
         policy=policy,
         governance=governance,
-        access=AccessService(ledger, policy, principals, settings.allowed_purposes),
+        access=AccessService(ledger, policy, principals, settings.allowed_purposes, projector),
+        projector=projector,
     )

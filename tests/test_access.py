@@ -80,6 +80,7 @@ def test_intake_violation_is_recorded_listed_and_blocks_promotion_until_resolved
     )
     r = client.post("/api/v1/lineage", json=event, headers=auth(tokens.pipeline))
     assert r.status_code == 201
+    runtime.projector.sync_to_head()  # the screen follows the log: it has seen the event once this returns
     assert runtime.ledger.size() == before + 2  # the event, and the denied access decision
     listed = client.get("/api/v1/violations", headers=auth(tokens.security)).get_json()["violations"]
     assert len(listed) == 1 and listed[0]["dataset"] == "s3://features:churn"

@@ -33,7 +33,7 @@ def _classify(client, token: str, ns: str, name: str, tags: list[str], declassif
 
 def test_tags_propagate_and_stop_at_declassification(client, tokens, runtime, pipeline_runs) -> None:
     r = _classify(client, tokens.security, "s3://raw", "customers", ["pii"])
-    assert r.status_code == 201, r.get_json()
+    assert r.status_code == 201, r.get_json()["decision"]["violations"]
     assert runtime.ledger.entry(r.get_json()["receipt"]["seq"]).header.kind == "dataset.classification"
     for ns, name in (
         ("s3://raw", "customers"),
@@ -199,7 +199,7 @@ def test_pipeline_declared_pii_needs_an_approved_classification(client, tokens, 
     # Security reviews and classifies the source: promotion is allowed.
     assert _classify(client, tokens.security, "s3://raw", "customers", ["pii"]).status_code == 201
     r = client.post(f"{BASE}/3/promotions", json={"stage": "production"}, headers=auth(tokens.pipeline))
-    assert r.status_code == 201, r.get_json()
+    assert r.status_code == 201, r.get_json()["decision"]["violations"]
 
 
 def test_classification_requests_are_checked(client, tokens, runtime, pipeline_runs) -> None:
@@ -221,7 +221,7 @@ def test_rebuild_reproduces_classification(client, tokens, runtime, pipeline_run
         n: _tags(client, tokens.security, *n)
         for n in (("s3://clean", "customers"), ("s3://features", "churn"), ("s3://models", "churn"))
     }
-    rebuild_all(runtime.db)
+    rebuild_all(runtime.projector)
     after = {n: _tags(client, tokens.security, *n) for n in before}
     assert (
         after

@@ -111,7 +111,7 @@ def test_bundle_with_an_erased_entry_still_verifies(client, tokens, runtime) -> 
     from ledger.projections import rebuild_all
 
     state = projection_snapshot(runtime)
-    rebuild_all(runtime.db)
+    rebuild_all(runtime.projector)
     assert projection_snapshot(runtime) == state
     assert "3 entries" not in verify_bundle(bundle, runtime.ledger.signer.verifier.line())
 
@@ -164,7 +164,7 @@ def test_erased_content_leaves_every_read_and_rebuild_agrees(client, tokens, run
 
     state = projection_snapshot(runtime)
     assert "078-05-1120" not in repr(state)
-    rebuild_all(runtime.db)
+    rebuild_all(runtime.projector)
     assert projection_snapshot(runtime) == state
 
 
@@ -214,5 +214,5 @@ def test_erasing_what_later_entries_build_on(client, tokens, runtime) -> None:
     assert client.get(f"{base}/3", headers=auth(tokens.auditor)).status_code == 404
 
     state = projection_snapshot(runtime)
-    rebuild_all(runtime.db)
+    rebuild_all(runtime.projector)
     assert projection_snapshot(runtime) == state

@@ -265,7 +265,7 @@ def test_rebuild_reproduces_every_projection(client, tokens, runtime, pipeline_r
         c.execute(text("DELETE FROM lineage_job_datasets"))
         c.execute(text("UPDATE gov_model_versions SET artifact_uri = 'tampered'"))
     assert projection_snapshot(runtime) != before
-    counts = rebuild_all(runtime.db)
+    counts = rebuild_all(runtime.projector)
     assert counts["entries replayed"] == runtime.ledger.size()
     after = projection_snapshot(runtime)
     for table in before:

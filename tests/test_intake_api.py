@@ -331,5 +331,5 @@ def test_large_batches_round_trip_every_byte(client, tokens, runtime, vkey):
     job = client.get("/api/v1/namespaces/etl/jobs/job_7", headers=auth(tokens.auditor)).get_json()
     assert job["facets"]["sql"]["query"] == f"SELECT '{tricky}' -- 7"
     state = projection_snapshot(runtime)
-    rebuild_all(runtime.db)
+    rebuild_all(runtime.projector)
     assert projection_snapshot(runtime) == state

@@ -139,7 +139,7 @@ def test_pipeline_reads_only_its_namespaces(client, tokens, runtime) -> None:
 
 
 def test_concurrent_intake_projects_every_event(runtime, tokens) -> None:
-    """Concurrent callers share a group transaction and one projection pass: nothing is lost."""
+    """Concurrent callers share a group transaction, and the projector applies them all: nothing is lost."""
     import threading
 
     from ledger.security.principals import AuthenticatedPrincipal
@@ -166,6 +166,7 @@ def test_concurrent_intake_projects_every_event(runtime, tokens) -> None:
 
     from ledger.lineage.models import JobDataset, Run
 
+    runtime.projector.sync_to_head()  # the projections follow the log
     with runtime.db.read() as s:
         assert s.execute(select(func.count()).select_from(Run)).scalar_one() == len(ids) == 90
         assert s.execute(select(func.count()).select_from(JobDataset)).scalar_one() == 6 + 90

@@ -29,14 +29,13 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from sqlalchemy import event, insert, text
+from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, StatementError
-from sqlmodel import Session
 
 from ledger.runtime import Runtime
-from ledger.store.ledger import Ledger, Receipt
+from ledger.store.ledger import Clause, Ledger, Receipt, StaleStateError, Unless
 from ledger.store.models import JobRun
-from ledger.store.sequencer import AppendedEntry, AppendResult, PendingEntry
+from ledger.store.sequencer import AppendedEntry, PendingEntry
 from ledger.store.tree import root_at
 from ledger.tlog.entry import EntryHeader, check_payload
 
@@ -361,26 +360,12 @@ def run_threads(fn: Callable[[int], None], n: int, *, stagger: float = 0.0) -> N
 
 # --- 5. group commit isolation -------------------------------------------------------------------
 
-
-class ProjectionRefusedError(Exception):
-    def __init__(self, caller: int) -> None:
-        super().__init__(f"caller {caller} refused")
-        self.caller = caller
+BLOCKER = "blocker"  # the subject of an entry in the log that a refused caller's precondition names
 
 
-def projection(
-    caller: int, *, fail: bool, hold: threading.Event | None = None
-) -> Callable[[Session, AppendResult], None]:
-    """Writes a row of its own in the append's transaction, then fails if asked to."""
-
-    def project(session: Session, result: AppendResult) -> None:
-        session.execute(insert(JobRun), [{"name": f"caller-{caller}", "last_run_at": datetime.now(UTC), "holder": "t"}])
-        if hold is not None:
-            assert hold.wait(timeout=30)
-        if fail:
-            raise ProjectionRefusedError(caller)
-
-    return project
+def precondition(*, fail: bool) -> Unless:
+    """A refused caller's precondition matches the blocker entry; the others' match nothing."""
+    return Unless(0, (Clause(subjects=frozenset({BLOCKER if fail else "nothing-has-this-subject"})),))
 
 
 @dataclass
@@ -395,15 +380,11 @@ def _check_isolation(
 ) -> None:
     log = check_log(runtime, ref)
     stored_subjects = {h.subject: h for h in log.headers}
-    with runtime.db.engine.connect() as c:
-        projected = {r[0] for r in c.execute(text("SELECT name FROM job_runs"))}
     for caller, out in outcomes.items():
         if caller in failing:
-            assert isinstance(out.error, ProjectionRefusedError), out.error
-            assert out.error.caller == caller
+            assert isinstance(out.error, StaleStateError), out.error
             assert out.entries is None
             assert not any(s.startswith(f"run:c{caller}-") for s in stored_subjects)
-            assert f"caller-{caller}" not in projected
         else:
             assert out.error is None, f"caller {caller} got {out.error!r}"
             assert out.entries is not None
@@ -411,43 +392,58 @@ def _check_isolation(
             for e, r in zip(out.entries, out.receipts, strict=True):
                 assert stored_subjects[e.header.subject] == e.header == log.headers[e.header.seq]
                 verify_receipt(ref, runtime, r)
-            assert f"caller-{caller}" in projected
     stored = sum(len(o.entries or []) for o in outcomes.values())
     assert len(log.headers) == base + stored
 
 
+def _blocked(runtime: Runtime) -> int:
+    runtime.ledger.append([PendingEntry(kind="test.blocker", subject=BLOCKER, principal="t", payload={})])
+    return runtime.ledger.size()
+
+
 def test_group_commit_refuses_only_the_failing_callers(runtime: Runtime, ref: ModuleType) -> None:
-    """Callers queue behind a held transaction so that they commit as one group, the last one failing."""
+    """Callers queue behind a held lock so that they commit as one group, some of them refused."""
     ledger = runtime.ledger
-    base = ledger.size()
-    hold = threading.Event()
-    plan = {0: False, 1: False, 2: True, 3: False, 4: False, 5: True, 6: True}  # caller -> fails
+    base = _blocked(runtime)
+    held = threading.Event()
+    release = threading.Event()
+    plan = {0: False, 1: False, 2: True, 3: False, 4: False, 5: True, 6: True}  # caller -> refused
     outcomes = {c: Outcome() for c in plan}
+
+    def hold_the_lock() -> None:  # another writer (another process, say) holds the sequencer lock
+        with runtime.db.write() as session:
+            session.connection()  # SQLite takes its write lock at BEGIN IMMEDIATE, when a connection is used
+            held.set()
+            assert release.wait(timeout=30)
 
     def worker(caller: int) -> None:
         pending = [entry(f"c{caller}-{j}") for j in range(1 + caller % 3)]
-        gate = hold if caller == 0 else None
         try:
-            out = ledger.append(pending, project=projection(caller, fail=plan[caller], hold=gate))
-            outcomes[caller].entries, outcomes[caller].receipts = out
-        except ProjectionRefusedError as e:
+            outcomes[caller].entries, outcomes[caller].receipts = ledger.append(
+                pending, unless=precondition(fail=plan[caller])
+            )
+        except StaleStateError as e:
             outcomes[caller].error = e
 
     def release_when_all_queued() -> None:
         deadline = time.monotonic() + 5
         while len(getattr(ledger, "_queue", ())) < len(plan) - 1 and time.monotonic() < deadline:
             time.sleep(0.01)
-        hold.set()
+        release.set()
 
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    assert held.wait(timeout=30)
     releaser = threading.Thread(target=release_when_all_queued)
     releaser.start()
     try:
         run_threads(worker, len(plan), stagger=0.02)
     finally:
-        hold.set()
+        release.set()
         releaser.join()
+        holder.join()
     _check_isolation(runtime, ref, base, outcomes, {c for c, f in plan.items() if f})
-    # Callers 1..6 were queued while caller 0 held the sequencer: they committed as one group.
+    # Callers 1..6 were queued while caller 0 waited for the lock: they committed as one group.
     sizes = {
         ref.parse_checkpoint(ref.verify_note(o.receipts[0].checkpoint, ledger.signer.verifier.line()))[1]
         for c, o in outcomes.items()
@@ -457,7 +453,7 @@ def test_group_commit_refuses_only_the_failing_callers(runtime: Runtime, ref: Mo
 
 
 def test_group_commit_isolation_under_contention(runtime: Runtime, ref: ModuleType) -> None:
-    base = runtime.ledger.size()
+    base = _blocked(runtime)
     rng = random.Random(7)
     callers = 24
     plan = {c: rng.random() < 0.35 for c in range(callers)}
@@ -469,9 +465,9 @@ def test_group_commit_isolation_under_contention(runtime: Runtime, ref: ModuleTy
         for caller in range(t, callers, 8):
             pending = [entry(f"c{caller}-{j}") for j in range(1 + caller % 4)]
             try:
-                out = runtime.ledger.append(pending, project=projection(caller, fail=plan[caller]))
+                out = runtime.ledger.append(pending, unless=precondition(fail=plan[caller]))
                 outcomes[caller].entries, outcomes[caller].receipts = out
-            except ProjectionRefusedError as e:
+            except StaleStateError as e:
                 outcomes[caller].error = e
 
     run_threads(worker, 8)

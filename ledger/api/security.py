@@ -12,9 +12,8 @@ from ledger.api.governance_schemas import DatasetRefSchema, load
 from ledger.api.lineage import receipt_json
 from ledger.api.params import MAX_INT
 from ledger.errors import InvalidRequestError
-from ledger.projections import erasure_replay
+from ledger.projections import erase as erase_payload
 from ledger.security.classification import classify
-from ledger.store.ledger import Ledger
 
 blp = Blueprint("security", __name__, url_prefix="/api/v1", description="Security: classification, erasure")
 
@@ -53,9 +52,10 @@ class ClassificationSchema(Schema):
 def classification(namespace: str, name: str) -> tuple[Response, int]:
     """Classify a dataset (tags such as pii), or declassify a transform's output; propagates downstream."""
     body = load(ClassificationSchema(), json_body())
-    ledger: Ledger = current_app.extensions["ledger.ledger"]
+    rt = current_app.extensions["ledger.runtime"]
     result, receipt = classify(
-        ledger,
+        rt.ledger,
+        rt.projector,
         namespace=namespace,
         name=name,
         tags=body["tags"],
@@ -76,13 +76,8 @@ def erase(seq: int) -> tuple[Response, int]:
     """Erase an entry's payload and salt (GDPR, legal hold release); proofs keep holding."""
     _check_seq(seq)
     body = load(ErasureSchema(), json_body())
-    ledger: Ledger = current_app.extensions["ledger.ledger"]
-    receipt = ledger.erase(
-        seq,
-        reason=body["reason"],
-        principal=current_principal().name,
-        reproject=erasure_replay(is_sqlite=ledger.db.is_sqlite),
-    )
+    rt = current_app.extensions["ledger.runtime"]
+    receipt = erase_payload(rt.ledger, rt.projector, seq, reason=body["reason"], principal=current_principal().name)
     return jsonify({"receipt": receipt_json(receipt), "erased": seq}), 201
 
 

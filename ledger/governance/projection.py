@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlmodel import Session
 
-from ledger.errors import ConflictError, NotFoundError
+from ledger.errors import NotFoundError
 from ledger.governance.models import Approval, Deployment, ModelVersion, PromotionDecision, Validation
 from ledger.tlog.entry import EntryHeader
 
@@ -40,7 +40,9 @@ def project_governance(session: Session, entries: list[tuple[EntryHeader, Any]])
         name, version = parse_model_subject(h.subject)
         if h.kind == "model.version":
             if find_version(session, name, version) is not None:
-                raise ConflictError(f"model {name!r} version {version!r} is registered already", field="version")
+                # Appends refuse a second registration (Unless, under the lock), so none is in a log
+                # this service wrote; a projection never refuses an entry: the first one holds.
+                continue
             session.add(
                 ModelVersion(
                     name=name,

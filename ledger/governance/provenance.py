@@ -439,6 +439,22 @@ def _violations_in(session: Session, closure: Closure) -> list[dict[str, Any]]:
     ]
 
 
+def input_subjects(doc: dict[str, Any]) -> set[str]:
+    """The log subjects a promotion input was built from: the training run and every upstream
+    dataset with the runs that produced and consumed it (an entry about any of them may change it)."""
+    out: set[str] = set()
+    run = doc.get("training_run")
+    if run:
+        out.add(f"run:{run['id']}")
+        job = run.get("job") or {}
+        if job.get("namespace") is not None:
+            out.add(f"job:{job['namespace']}:{job['name']}")
+    for d in doc["upstream"]["datasets"]:
+        out.add(f"dataset:{d['namespace']}:{d['name']}")
+        out.update(f"run:{r}" for r in [d.get("produced_by_run"), *d.get("consumed_by_runs", [])] if r)
+    return out
+
+
 def promotion_input(
     session: Session,
     mv: ModelVersion,

@@ -1,8 +1,12 @@
 """Governance services: register, validate, approve, promote (policy-gated), deploy, report, bundle.
 
-Every action is one log entry; checks that depend on the log run inside the append's transaction
-(under the sequencer lock), so a refused action writes nothing and two racing actions cannot both
-pass a check that only one of them should.
+Every action is one log entry, decided outside the append lock (DESIGN.md 8, "Log first"):
+(1) the projections catch up with the log head as the request saw it;
+(2) the action is checked, or the policy evaluated, on one snapshot of the projections, at watermark W;
+(3) the entry is appended `Unless` an entry that would change that decision arrived after W (checked
+    under the lock, on the log alone); if one did, steps (1)-(3) run again on the newer state.
+So a refused action writes nothing, and two racing actions cannot both pass a check that only one of
+them should.
 """
 
 from __future__ import annotations
@@ -14,15 +18,16 @@ from typing import Any
 
 from sqlmodel import Session
 
-from ledger.errors import NotFoundError, PolicyDeniedError, UnprocessableError
+from ledger.errors import ConflictError, NotFoundError, PolicyDeniedError, UnprocessableError
 from ledger.governance.models import ModelVersion, PromotionDecision
-from ledger.governance.projection import project_governance, require_version
-from ledger.governance.provenance import promotion_input, provenance_report
+from ledger.governance.projection import find_version, require_version
+from ledger.governance.provenance import input_subjects, promotion_input, provenance_report
 from ledger.lineage.models import Run
 from ledger.policy.engine import PolicyEngine, PolicyResult
 from ledger.security.principals import AuthenticatedPrincipal
-from ledger.store.ledger import Ledger, Receipt, prove_entries
-from ledger.store.sequencer import AppendResult, PendingEntry
+from ledger.store.ledger import Clause, Ledger, Receipt, StaleStateError, Unless, prove_entries
+from ledger.store.projector import Projector
+from ledger.store.sequencer import PendingEntry
 from ledger.store.tree import tree_size
 from ledger.tlog.entry import format_time
 
@@ -52,33 +57,45 @@ def _subject(name: str, version: str) -> str:
     return f"model:{name}@{version}"
 
 
+MAX_ATTEMPTS = 5
+# Entries that change any promotion's or deployment's input, whatever they are about.
+GLOBAL_INPUTS = frozenset({"dataset.classification", "payload.erasure", "access.decision"})
+
+
 class GovernanceService:
     def __init__(
-        self, ledger: Ledger, policy: PolicyEngine, *, config: dict[str, Any], roles_of: Callable[[str], frozenset[str]]
+        self,
+        ledger: Ledger,
+        policy: PolicyEngine,
+        projector: Projector,
+        *,
+        config: dict[str, Any],
+        roles_of: Callable[[str], frozenset[str]],
     ) -> None:
         self.ledger = ledger
         self.policy = policy
+        self.projector = projector
         self.config = config
         self.roles_of = roles_of
 
-    def _record(
-        self,
-        pending: PendingEntry,
-        check: Callable[[Session], None] | None = None,
-        after: Callable[[Session, AppendResult], None] | None = None,
-    ) -> Receipt:
-        def project(session: Session, result: AppendResult) -> None:
-            if check is not None:
-                check(session)
-            project_governance(session, [(e.header, e.payload) for e in result.entries if not e.duplicate])
-            if after is not None:
-                after(session, result)
-
-        _, receipts = self.ledger.append([pending], project=project)
-        return receipts[0]
+    def _decide(self, decide: Callable[[Session, int], tuple[PendingEntry, Unless | None]]) -> tuple[Any, Receipt]:
+        """Steps (1)-(3) of the module docstring; returns the appended entry's payload and receipt."""
+        for _ in range(MAX_ATTEMPTS):
+            self.projector.sync_to_head()  # (1)
+            with self.ledger.db.snapshot() as session:  # (2)
+                entry, unless = decide(session, self.projector.applied(session))
+            try:
+                entries, receipts = self.ledger.append([entry], unless=unless)  # (3)
+            except StaleStateError:
+                continue  # something it depends on arrived meanwhile: decide again on the newer state
+            return entries[0].payload, receipts[0]
+        raise ConflictError(
+            f"the state kept changing under this request ({MAX_ATTEMPTS} attempts); retry it", retry_after=1
+        )
 
     def register(self, name: str, body: dict[str, Any], principal: AuthenticatedPrincipal) -> Recorded:
         version = body["version"]
+        subject = _subject(name, version)
         payload = {
             "name": name,
             "version": version,
@@ -87,19 +104,28 @@ class GovernanceService:
             "model_card": body.get("model_card") or {},
         }
 
-        def check(session: Session) -> None:
+        def decide(session: Session, _w: int) -> tuple[PendingEntry, Unless]:
+            if find_version(session, name, version) is not None:
+                raise ConflictError(f"model {name!r} version {version!r} is registered already", field="version")
             if session.get(Run, payload["training_run_id"]) is None:
                 raise NotFoundError(
                     f"training run {body['training_run_id']} is not recorded in the log", field="training_run_id"
                 )
+            entry = PendingEntry(kind="model.version", subject=subject, principal=principal.name, payload=payload)
+            # Not registered twice, whatever arrives between this check and the append.
+            return entry, Unless(0, (Clause(kinds=frozenset({"model.version"}), subjects=frozenset({subject})),))
 
-        receipt = self._record(
-            PendingEntry(
-                kind="model.version", subject=_subject(name, version), principal=principal.name, payload=payload
-            ),
-            check,
-        )
+        _, receipt = self._decide(decide)
         return Recorded({**payload, "registered_by": principal.name, "seq": receipt.seq}, receipt)
+
+    def _record_on_version(self, name: str, version: str, entry: PendingEntry) -> Receipt:
+        """An entry about a registered version (registrations are never undone: no precondition)."""
+
+        def decide(session: Session, _w: int) -> tuple[PendingEntry, None]:
+            require_version(session, name, version)
+            return entry, None
+
+        return self._decide(decide)[1]
 
     def add_validation(
         self, name: str, version: str, body: dict[str, Any], principal: AuthenticatedPrincipal
@@ -127,35 +153,31 @@ class GovernanceService:
             "datasets": body.get("datasets") or [],
             "run_id": body["run_id"].lower() if body.get("run_id") else None,
         }
-
-        def check(session: Session) -> None:
-            require_version(session, name, version)
-
-        receipt = self._record(
+        receipt = self._record_on_version(
+            name,
+            version,
             PendingEntry(
                 kind="validation.result", subject=_subject(name, version), principal=principal.name, payload=payload
             ),
-            check,
         )
         return Recorded({**payload, "seq": receipt.seq}, receipt)
 
     def approve(self, name: str, version: str, body: dict[str, Any], principal: AuthenticatedPrincipal) -> Recorded:
         payload = {"stage": body["stage"], "approver": principal.name, "comment": body.get("comment") or ""}
-        receipt = self._record(
+        receipt = self._record_on_version(
+            name,
+            version,
             PendingEntry(kind="approval", subject=_subject(name, version), principal=principal.name, payload=payload),
-            lambda session: require_version(session, name, version) and None,
         )
         return Recorded({**payload, "seq": receipt.seq}, receipt)
 
     def promote(self, name: str, version: str, stage: str, principal: AuthenticatedPrincipal) -> Recorded:
-        """Evaluates the promotion policy on an input built from the log and records the decision,
-        allowed or denied; raises PolicyDeniedError (403) after recording a denial."""
-        outcome: dict[str, Any] = {}
+        """Evaluates the promotion policy on the projections at a watermark W (outside the append
+        lock) and records the decision with `state_size` W, allowed or denied; raises
+        PolicyDeniedError (403) after recording a denial."""
+        subject = _subject(name, version)
 
-        def project(session: Session, result: AppendResult) -> None:
-            project_governance(session, [(e.header, e.payload) for e in result.entries])
-
-        def build(session: Session) -> PendingEntry:
+        def decide(session: Session, w: int) -> tuple[PendingEntry, Unless]:
             mv = require_version(session, name, version)
             doc = promotion_input(
                 session,
@@ -167,10 +189,9 @@ class GovernanceService:
                 roles_of=self.roles_of,
             )
             result: PolicyResult = self.policy.evaluate("ledger.promotion", doc)
-            outcome["result"] = result
-            return PendingEntry(
+            entry = PendingEntry(
                 kind="promotion.decision",
-                subject=_subject(name, version),
+                subject=subject,
                 principal=principal.name,
                 payload={
                     "stage": stage,
@@ -180,34 +201,38 @@ class GovernanceService:
                     "warnings": list(result.warnings),
                     "policy_digest": result.policy_digest,
                     "input_digest": result.input_digest,
+                    "state_size": w,
                 },
             )
+            inputs = Clause(subjects=frozenset({subject, *input_subjects(doc)}))
+            return entry, Unless(w, (inputs, Clause(kinds=GLOBAL_INPUTS)))
 
-        _, receipts = self.ledger.append_built(build, project=project)
-        result = outcome["result"]
+        payload, receipt = self._decide(decide)
         decision = {
-            "allowed": result.allowed,
-            "violations": list(result.violations),
-            "warnings": list(result.warnings),
-            "policy_digest": result.policy_digest,
-            "input_digest": result.input_digest,
-            "seq": receipts[0].seq,
+            "allowed": payload["allowed"],
+            "violations": payload["violations"],
+            "warnings": payload["warnings"],
+            "policy_digest": payload["policy_digest"],
+            "input_digest": payload["input_digest"],
+            "state_size": payload["state_size"],
+            "seq": receipt.seq,
             "stage": stage,
         }
-        if not result.allowed:
+        if not payload["allowed"]:
             raise PolicyDeniedError(
-                f"promotion of {name}@{version} to {stage} denied: {len(result.violations)} violation(s)",
+                f"promotion of {name}@{version} to {stage} denied: {len(payload['violations'])} violation(s)",
                 decision=decision,
-                receipt_seq=receipts[0].seq,
+                receipt_seq=receipt.seq,
             )
-        return Recorded(decision, receipts[0])
+        return Recorded(decision, receipt)
 
     def deploy(self, name: str, version: str, body: dict[str, Any], principal: AuthenticatedPrincipal) -> Recorded:
         """Records a deployment if an allowed promotion to its stage exists; otherwise records the
         refusal (a `deployment` entry with `refused: true`) and raises 403."""
         stage = body["stage"]
+        subject = _subject(name, version)
 
-        def build(session: Session) -> PendingEntry:
+        def decide(session: Session, w: int) -> tuple[PendingEntry, Unless]:
             mv = require_version(session, name, version)
             decision = _latest_decision(session, mv, stage)
             payload: dict[str, Any] = {
@@ -221,18 +246,14 @@ class GovernanceService:
                 payload["reason"] = f"no allowed promotion of {name}@{version} to {stage}" + (
                     f" (latest decision seq {decision.seq} denied it)" if decision else ""
                 )
-            return PendingEntry(
-                kind="deployment", subject=_subject(name, version), principal=principal.name, payload=payload
-            )
+            entry = PendingEntry(kind="deployment", subject=subject, principal=principal.name, payload=payload)
+            newer = Clause(kinds=frozenset({"promotion.decision"}), subjects=frozenset({subject}))
+            return entry, Unless(w, (newer,))
 
-        def project(session: Session, result: AppendResult) -> None:
-            project_governance(session, [(e.header, e.payload) for e in result.entries])
-
-        entries, receipts = self.ledger.append_built(build, project=project)
-        payload = entries[0].payload
+        payload, receipt = self._decide(decide)
         if payload.get("refused"):
-            raise PolicyDeniedError(payload["reason"], deployment={**payload, "seq": receipts[0].seq})
-        return Recorded({**payload, "seq": receipts[0].seq}, receipts[0])
+            raise PolicyDeniedError(payload["reason"], deployment={**payload, "seq": receipt.seq})
+        return Recorded({**payload, "seq": receipt.seq}, receipt)
 
     # --- reads -----------------------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ from sqlmodel import Session
 from ledger.lineage.events import utc_time
 from ledger.lineage.models import Dataset, DatasetVersion, Job, JobDataset, Namespace, Run, RunDataset, RunEvent
 from ledger.store.db import bulk_insert, chunks
-from ledger.store.sequencer import AppendResult
 from ledger.tlog.entry import EntryHeader
 
 TERMINAL = {"COMPLETE", "FAIL", "ABORT"}
@@ -422,42 +421,3 @@ def project_lineage(session: Session, events: list[tuple[EntryHeader, dict[str, 
     for h, ev in events:
         PROJECTORS[h.kind](batch, h, ev)
     batch.write()
-    _propagate_classification(session, batch)
-
-
-def _propagate_classification(session: Session, b: _Batch) -> None:
-    """Incremental classification: pipeline-declared tags, and new edges, reach what is downstream."""
-    from ledger.security.classification import any_tags, propagate, record_declared
-
-    start: dict[int, None] = {}
-    for ds in b.dirty["ds"].values():
-        if "tags" in ds["facets"] and record_declared(session, ds["id"], ds["facets"]):
-            start[ds["id"]] = None
-    if not start and not b.new["jds"]:
-        return
-    if not start and not any_tags(session):
-        return  # no tags anywhere: new edges carry nothing
-    job_outputs: dict[int, set[int]] = {}
-    for e in b.new["jds"]:
-        if e["direction"] == "out":
-            start[e["dataset_id"]] = None
-        job_outputs.setdefault(e["job_id"], set())
-    if job_outputs:  # a job that gained an input passes it on to every dataset it writes
-        for _job_id, ds_id in session.execute(
-            select(JobDataset.job_id, JobDataset.dataset_id).where(
-                JobDataset.job_id.in_(list(job_outputs)),
-                JobDataset.direction == "out",  # type: ignore[attr-defined]
-            )
-        ):
-            start[ds_id] = None
-    propagate(session, start)
-
-
-def lineage_projector(session: Session, result: AppendResult) -> None:
-    """The intake's projector: new (not duplicate) entries only."""
-    project_lineage(session, [(e.header, e.payload) for e in result.entries if not e.duplicate])
-
-
-# Entries of several callers may be projected together (Ledger groups them): the projection only
-# depends on the entries, in seq order.
-lineage_projector.batchable = True  # type: ignore[attr-defined]

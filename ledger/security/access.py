@@ -1,28 +1,33 @@
 """Access decisions (DESIGN.md 4, 6): `policies/access.rego` decides, the log records.
 
-Every decision is an `access.decision` entry. Intake records one too, denied, when a pipeline run
-reads a classified dataset beyond the posting principal's clearance: the event is still recorded
-(nothing is lost), the violation is listed under GET /api/v1/violations, and the promotion policy
-denies every model downstream until a security principal resolves it, which records an allowed
-`access.decision` naming the violation it resolves. Violations are therefore a projection of the log.
+Every decision is an `access.decision` entry. The violation screen, a follower of the log, records
+one too, denied, when a pipeline run read a classified dataset beyond the posting principal's
+clearance: the event is recorded (nothing is lost), the violation is listed under
+GET /api/v1/violations, and the promotion policy denies every model downstream until a security
+principal resolves it, which records an allowed `access.decision` naming the violation it resolves.
+Violations are therefore a projection of the log.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlmodel import Session, col
 
 from ledger.errors import ConflictError, NotFoundError
+from ledger.lineage.events import LINEAGE_KINDS
 from ledger.lineage.models import Dataset
 from ledger.policy.engine import PolicyEngine
-from ledger.security.classification import SENSITIVE, effective_tags, find_dataset
+from ledger.security.classification import SENSITIVE, any_tags, effective_tags, find_dataset
 from ledger.security.principals import AuthenticatedPrincipal, PrincipalStore
+from ledger.store.db import chunks
 from ledger.store.ledger import Ledger, Receipt
 from ledger.store.models import LogEntry
+from ledger.store.projector import Follower, Projector
 from ledger.store.sequencer import PendingEntry
-from ledger.tlog.entry import sha256_digest
+from ledger.tlog.entry import EntryHeader, sha256_digest
 
 
 def _decision_entry(dataset: tuple[str, str], payload: dict[str, Any], principal: str) -> PendingEntry:
@@ -33,8 +38,14 @@ def _decision_entry(dataset: tuple[str, str], payload: dict[str, Any], principal
 
 class AccessService:
     def __init__(
-        self, ledger: Ledger, policy: PolicyEngine, principals: PrincipalStore, allowed_purposes: dict[str, list[str]]
+        self,
+        ledger: Ledger,
+        policy: PolicyEngine,
+        principals: PrincipalStore,
+        allowed_purposes: dict[str, list[str]],
+        projector: Projector,
     ) -> None:
+        self.projector = projector
         self.ledger = ledger
         self.policy = policy
         self.principals = principals
@@ -54,6 +65,7 @@ class AccessService:
         subject = self.principals.get(principal)
         if subject is None:
             raise NotFoundError(f"principal {principal!r} does not exist", field="principal")
+        self.projector.sync_to_head()  # decide on the tags of everything recorded before this request
         with self.ledger.db.read() as s:
             d = find_dataset(s, namespace, name)
             row = effective_tags(s, [d.id]).get(d.id)  # type: ignore[list-item]
@@ -86,6 +98,7 @@ class AccessService:
 
     def resolve(self, violation_seq: int, *, reason: str, by: AuthenticatedPrincipal) -> tuple[dict[str, Any], Receipt]:
         """A security principal resolves an intake violation (recorded as an allowed access decision)."""
+        self.projector.sync_to_head()  # the screen may still be recording the violation
         with self.ledger.db.read() as s:
             row = s.get(LogEntry, violation_seq)
             open_ = {v["seq"] for v in open_violations(s)}
@@ -112,83 +125,108 @@ class AccessService:
         return {**payload, "seq": receipts[0].seq}, receipts[0]
 
 
-def intake_screen(policy: PolicyEngine) -> Any:
-    """The intake's screen: denied access decisions for reads beyond the poster's clearance. Runs in
-    the append's transaction; costs one query per event set, and none while no dataset carries a tag."""
-    from ledger.security.classification import any_tags
+SYSTEM_PRINCIPAL = "ledger"  # the principal of entries the service appends on its own
 
-    tagged: dict[str, Any] = {}
 
-    def screen(session: Session, validated: list[Any], principal: AuthenticatedPrincipal) -> list[PendingEntry]:
-        runs = [v for v in validated if v.kind == "openlineage.run_event" and v.event.get("inputs")]
+def violation_screen(ledger: Ledger, *, policy_digest: str, clearances_of: Callable[[str], frozenset[str]]) -> Follower:
+    """The intake's violation screen, a follower of the log: for each run event that read a dataset
+    classified beyond its poster's clearance, it appends a denied `access.decision` as the system
+    principal, citing the event's seq. It decides on the tags the projections hold once they have
+    applied the event, and costs one query per batch while no dataset carries a tag."""
+
+    def consume(entries: list[tuple[EntryHeader, Any]]) -> None:
+        runs = [(h, p) for h, p in entries if h.kind == "openlineage.run_event" and p and p.get("inputs")]
         if not runs:
-            return []
-        if not tagged.get("seen"):
-            # No negative cache: another process may have classified data a moment ago.
+            return
+        with ledger.db.read() as session:
             if not any_tags(session):
-                return []
-            tagged["seen"] = True  # once data is tagged, skip the check: every run is screened
-        found = intake_violations(session, [v.event for v in runs], principal, policy.bundle.digest)
-        keyed = {id(v.event): v.dedup_key for v in runs}
-        out = []
-        for entry, ev in found:
-            key = sha256_digest(f"violation:{keyed[id(ev)]}:{entry.subject}".encode())
-            out.append(
-                PendingEntry(
-                    kind=entry.kind,
-                    subject=entry.subject,
-                    principal=entry.principal,
-                    payload=entry.payload,
-                    dedup_key=key,
-                )
-            )
-        return out
+                return
+            by_poster: dict[str, list[tuple[EntryHeader, Any]]] = {}
+            for h, p in runs:
+                by_poster.setdefault(h.principal, []).append((h, p))
+            found = [
+                v
+                for poster, events in sorted(by_poster.items())
+                for v in intake_violations(session, events, poster, clearances_of(poster), policy_digest)
+            ]
+        if found:  # dedup keys: a screen run twice over the same events appends nothing twice
+            ledger.append(found)
 
-    return screen
+    return Follower(
+        "violations", frozenset({"openlineage.run_event"}), consume, acts_on=_reads_data, changes=_may_change_tags
+    )
+
+
+def _reads_data(h: EntryHeader, p: Any) -> bool:
+    return h.kind == "openlineage.run_event" and bool(p and p.get("inputs"))
+
+
+def _may_change_tags(h: EntryHeader, p: Any) -> bool:
+    """A classification, or a lineage event declaring tags (`tags` dataset facet)."""
+    if h.kind == "dataset.classification":
+        return True
+    if h.kind not in LINEAGE_KINDS or not p:
+        return False
+    datasets = [p.get("dataset"), *(p.get("inputs") or []), *(p.get("outputs") or [])]
+    return any(isinstance(d, dict) and "tags" in (d.get("facets") or {}) for d in datasets)
 
 
 def intake_violations(
-    session: Session, events: list[dict[str, Any]], principal: AuthenticatedPrincipal, policy_digest: str
-) -> list[tuple[PendingEntry, dict[str, Any]]]:
-    """Denied access decisions for run events reading data beyond the principal's clearance."""
-    reads: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for ev in events:
-        if "run" not in ev:
-            continue
+    session: Session,
+    events: list[tuple[EntryHeader, dict[str, Any]]],
+    poster: str,
+    clearances: frozenset[str],
+    policy_digest: str,
+) -> list[PendingEntry]:
+    """Denied access decisions for run events reading data beyond the poster's clearance."""
+    reads: dict[tuple[str, str], list[tuple[EntryHeader, dict[str, Any]]]] = {}
+    for h, ev in events:
         for d in ev.get("inputs") or []:
-            reads.setdefault((d["namespace"], d["name"]), []).append(ev)
+            reads.setdefault((d["namespace"], d["name"]), []).append((h, ev))
     if not reads:
         return []
-    from sqlalchemy import tuple_
-
-    rows = session.execute(
-        select(Dataset.id, Dataset.namespace, Dataset.name).where(
-            tuple_(col(Dataset.namespace), col(Dataset.name)).in_(list(reads))
-        )
-    ).all()
+    rows = [
+        r
+        for batch in chunks(sorted(reads))
+        for r in session.execute(
+            select(Dataset.id, Dataset.namespace, Dataset.name).where(
+                tuple_(col(Dataset.namespace), col(Dataset.name)).in_(batch)
+            )
+        ).all()
+    ]
     tags = effective_tags(session, [r[0] for r in rows])
-    out: list[tuple[PendingEntry, dict[str, Any]]] = []
-    for ds_id, ns, name in rows:
+    out: list[PendingEntry] = []
+    for ds_id, ns, name in sorted(rows, key=lambda r: (r[1], r[2])):
         row = tags.get(ds_id)
-        missing = sorted((set(row.effective) & SENSITIVE) - principal.clearances) if row else []
+        missing = sorted((set(row.effective) & SENSITIVE) - clearances) if row else []
         if not missing:
             continue
-        for ev in reads[(ns, name)]:
+        for h, ev in reads[(ns, name)]:
             run_id = str(ev["run"]["runId"]).lower()
             job = f"{ev['job']['namespace']}:{ev['job']['name']}"
             payload = {
-                "principal": principal.name,
+                "principal": poster,
                 "action": "read",
                 "purpose": f"pipeline run {run_id} of job {job}",
                 "allowed": False,
                 "origin": "intake",
+                "event_seq": h.seq,
                 "run_id": run_id,
                 "job": job,
-                "reasons": [f"principal {principal.name} lacks clearance for {t} on {ns}:{name}" for t in missing],
+                "reasons": [f"principal {poster} lacks clearance for {t} on {ns}:{name}" for t in missing],
                 "policy_digest": policy_digest,
-                "requested_by": principal.name,
+                "requested_by": poster,
             }
-            out.append((_decision_entry((ns, name), payload, principal.name), ev))
+            subject = f"dataset:{ns}:{name}"
+            out.append(
+                PendingEntry(
+                    kind="access.decision",
+                    subject=subject,
+                    principal=SYSTEM_PRINCIPAL,
+                    payload=payload,
+                    dedup_key=sha256_digest(f"violation:{h.seq}:{subject}".encode()),
+                )
+            )
     return out
 
 

@@ -13,12 +13,17 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlmodel import Session, col
 
 from ledger.errors import NotFoundError
-from ledger.lineage.models import Dataset, JobDataset
+from ledger.lineage.events import LINEAGE_KINDS, mentioned_datasets
+from ledger.lineage.models import Dataset, Job, JobDataset
 from ledger.security.models import Classification, DatasetTags
+from ledger.store.db import chunks
+from ledger.store.ledger import Ledger, Receipt
+from ledger.store.projector import Projector
+from ledger.store.sequencer import PendingEntry
 from ledger.tlog.entry import EntryHeader
 
 # Tags whose data needs a clearance to read (access policy, redaction, intake violations).
@@ -169,8 +174,50 @@ def _dataset_for_classification(session: Session, namespace: str, name: str, h: 
     return d
 
 
-def project_classifications(session: Session, entries: list[tuple[EntryHeader, Any]]) -> None:
-    """Applies `dataset.classification` entries and propagates their effect downstream."""
+def project_tags(session: Session, entries: list[tuple[EntryHeader, Any]]) -> None:
+    """The classification projection: security classifications, pipeline-declared tags and their
+    propagation along lineage edges. It runs after the lineage projection of the same entries, whose
+    tables it reads; effective tags are a fixpoint of the graph, so the batches they come in make no
+    difference (a rebuild ends where following the log did)."""
+    start: dict[int, None] = dict.fromkeys(_lineage_starts(session, entries))
+    start.update(dict.fromkeys(_apply_classifications(session, entries)))
+    if start:
+        propagate(session, start)
+
+
+def _lineage_starts(session: Session, entries: list[tuple[EntryHeader, Any]]) -> list[int]:
+    """Datasets whose effective tags lineage entries may have changed: those whose declared tags
+    changed, and every output of a job these entries mention (it may have gained an input)."""
+    mentioned: set[tuple[str, str]] = set()
+    jobs: set[tuple[str, str]] = set()
+    for h, p in entries:
+        if h.kind not in LINEAGE_KINDS or p is None:
+            continue
+        mentioned |= mentioned_datasets(h.kind, p)
+        job = p.get("job")
+        if isinstance(job, dict):
+            jobs.add((job["namespace"], job["name"]))
+    if not mentioned:
+        return []
+    starts: list[int] = []
+    for batch in chunks(sorted(mentioned)):
+        for d in session.execute(
+            select(Dataset).where(tuple_(col(Dataset.namespace), col(Dataset.name)).in_(batch))
+        ).scalars():
+            if "tags" in (d.facets or {}) and record_declared(session, d.id, d.facets):  # type: ignore[arg-type]
+                starts.append(d.id)  # type: ignore[arg-type]
+    if not starts and not any_tags(session):
+        return []  # no tags anywhere: new edges carry nothing
+    for batch in chunks(sorted(jobs)):
+        job_ids = select(Job.id).where(tuple_(col(Job.namespace), col(Job.name)).in_(batch))
+        starts += session.execute(
+            select(JobDataset.dataset_id).where(col(JobDataset.job_id).in_(job_ids), col(JobDataset.direction) == "out")
+        ).scalars()
+    return starts
+
+
+def _apply_classifications(session: Session, entries: list[tuple[EntryHeader, Any]]) -> list[int]:
+    """Applies `dataset.classification` entries; returns the datasets they touched."""
     touched: list[int] = []
     for h, p in entries:
         if h.kind != "dataset.classification" or p is None:
@@ -203,8 +250,7 @@ def project_classifications(session: Session, entries: list[tuple[EntryHeader, A
         row.classified = True
         session.flush()
         touched.append(d.id)
-    if touched:
-        propagate(session, touched)
+    return touched
 
 
 def effective_tags(session: Session, dataset_ids: Iterable[int]) -> dict[int, DatasetTags]:
@@ -224,29 +270,32 @@ def classifications_of(session: Session, dataset_ids: Iterable[int]) -> list[Cla
 
 
 def classify(
-    ledger: Any, *, namespace: str, name: str, tags: list[str], justification: str, declassify: bool, principal: str
-) -> tuple[dict[str, Any], Any]:
-    """Records a `dataset.classification` entry (security role) and propagates it; returns the
-    classification and the receipt."""
-    from ledger.store.sequencer import AppendResult, PendingEntry
-
+    ledger: Ledger,
+    projector: Projector,
+    *,
+    namespace: str,
+    name: str,
+    tags: list[str],
+    justification: str,
+    declassify: bool,
+    principal: str,
+) -> tuple[dict[str, Any], Receipt]:
+    """Records a `dataset.classification` entry (security role); returns the classification, with the
+    effective tags once the projections have applied it, and the receipt."""
     payload = {
         "dataset": {"namespace": namespace, "name": name},
         "tags": sorted({t.lower() for t in tags}),
         "justification": justification,
         "declassify": declassify,
     }
-
-    def build(session: Session) -> PendingEntry:
+    projector.sync_to_head()  # the dataset is checked on everything recorded before this request
+    with ledger.db.read() as session:
         find_dataset(session, namespace, name)
-        return PendingEntry(
-            kind="dataset.classification", subject=f"dataset:{namespace}:{name}", principal=principal, payload=payload
-        )
-
-    def project(session: Session, result: AppendResult) -> None:
-        project_classifications(session, [(e.header, e.payload) for e in result.entries])
-
-    _, receipts = ledger.append_built(build, project=project)
+    entry = PendingEntry(
+        kind="dataset.classification", subject=f"dataset:{namespace}:{name}", principal=principal, payload=payload
+    )
+    _, receipts = ledger.append([entry])
+    projector.sync(receipts[0].seq + 1)
     with ledger.db.read() as session:
         d = find_dataset(session, namespace, name)
         row = session.get(DatasetTags, d.id)

@@ -17,8 +17,9 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
 from sqlmodel import Session, create_engine
 
-# Any constant works; it only has to be the same in every process that appends.
-SEQUENCER_LOCK_KEY = 0x1ED6E2
+# Any constants work; they only have to be the same in every process of a deployment.
+SEQUENCER_LOCK_KEY = 0x1ED6E2  # held by appends (and the checkpoint lease)
+PROJECTOR_LOCK_KEY = 0x1ED6E3  # held by the one applier of projections, never by appends
 
 
 def _is_sqlite(url: str) -> bool:
@@ -85,6 +86,30 @@ class Database:
             if not self.is_sqlite:
                 session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SEQUENCER_LOCK_KEY})
             yield session
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Session]:
+        """A read transaction that sees one committed state throughout (REPEATABLE READ on
+        PostgreSQL; a SQLite read transaction in WAL mode does so already): a decision built from
+        several queries then rests on one state of the projections."""
+        engine = self.engine if self.is_sqlite else self.engine.execution_options(isolation_level="REPEATABLE READ")
+        with Session(engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def projecting(self) -> Iterator[Session | None]:
+        """A write transaction holding the projector lock, or None when another applier holds it.
+
+        On PostgreSQL the projector lock is an advisory lock of its own: appends go on while
+        projections are applied. SQLite has one writer: there it is the write transaction itself.
+        """
+        if self.is_sqlite:
+            with self.write() as session:
+                yield session
+            return
+        with Session(self._write_engine) as session, session.begin():
+            held = session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": PROJECTOR_LOCK_KEY}).scalar()
+            yield session if held else None
 
     @contextmanager
     def statement(self) -> Iterator[Connection]:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Protocol
 
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, or_, select, true
 from sqlmodel import Session, col
 
 from ledger.errors import ConflictError, InvalidRequestError, NotFoundError, StaleSigningKeyError
@@ -34,8 +34,6 @@ from ledger.store.tree import check_size, consistency_proof, inclusion_proofs, r
 from ledger.tlog.entry import EntryHeader
 from ledger.tlog.note import Checkpoint, NoteSigner
 from ledger.tlog.tree import NodeId, ProofPlan, inclusion_ranges
-
-Projector = Callable[[Session, AppendResult], None]
 
 
 class SignerSource(Protocol):
@@ -70,27 +68,40 @@ class Receipt:
         }
 
 
-class _GroupRetryError(Exception):
-    """One caller's work failed inside a shared group transaction: retry with savepoints."""
+@dataclass(frozen=True)
+class Clause:
+    """Entries of one of `kinds` (any kind when None) about one of `subjects` (any when None)."""
+
+    kinds: frozenset[str] | None = None
+    subjects: frozenset[str] | None = None
+
+    def matches(self, kind: str, subject: str) -> bool:
+        return (self.kinds is None or kind in self.kinds) and (self.subjects is None or subject in self.subjects)
+
+
+@dataclass(frozen=True)
+class Unless:
+    """An append's precondition, checked under the lock on the log alone: no entry at seq >= `after`
+    matches any clause. A decision built on the projections at watermark W appends `Unless(W, ...)`:
+    if anything its inputs depend on arrived since, it is refused (StaleStateError) and re-decided."""
+
+    after: int
+    clauses: tuple[Clause, ...]
+
+
+class StaleStateError(ConflictError):
+    """An entry arrived after the state an append was decided on, and would change the decision."""
 
 
 @dataclass(eq=False)
 class _AppendRequest:
     pending: list[PendingEntry]
-    project: Projector | None
-    build: Callable[[Session], PendingEntry] | None = None
-    # Entries the caller's entries call for, decided inside the write transaction (the intake's screen).
-    extend: Callable[[Session], list[PendingEntry]] | None = None
-    # The projector reads this request's own log rows (erasure does, through the payload trigger).
-    flush_first: bool = False
+    unless: Unless | None = None
+    erases: int | None = None  # the seq whose payload this request's (erasure) entry removes
     done: bool = False
     result: AppendResult | None = None
     receipts: list[Receipt] | None = None
     error: BaseException | None = None
-
-
-def _entries(session: Session, req: _AppendRequest) -> list[PendingEntry]:
-    return [*req.pending, *req.extend(session)] if req.extend is not None else req.pending
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,69 +146,38 @@ class Ledger:
         self._cv = threading.Condition()
         self._queue: list[_AppendRequest] = []
         self._leading = False
+        # Told the new size after each commit (the projector wakes up); never part of the transaction.
+        self.on_commit: Callable[[int], None] | None = None
 
     # --- writing -------------------------------------------------------------------------------
 
     def append(
-        self,
-        pending: Sequence[PendingEntry],
-        *,
-        project: Projector | None = None,
-        extend: Callable[[Session], list[PendingEntry]] | None = None,
+        self, pending: Sequence[PendingEntry], *, unless: Unless | None = None
     ) -> tuple[list[AppendedEntry], list[Receipt]]:
-        """Appends entries (and runs `project` in the same transaction); returns receipts after commit.
+        """Appends entries to the log; returns receipts once the transaction has committed.
 
-        `extend(session)` may add entries that these call for, decided on the state the append sees
-        (under the lock); they are appended after `pending`, and receipts follow the same order.
+        Only the log is written under the lock (DESIGN.md 8, "Log first"): seq, entry, payload and
+        tree-node rows. Projections follow the log (ledger.store.projector). `unless` is checked under
+        the lock against the log alone; when an entry matches it, StaleStateError is raised and
+        nothing of this call is written.
 
-        Group commit: concurrent callers in this process share one transaction and one fsync. Each
-        caller's work runs in a savepoint of its own, so one caller's error (a projection refusing,
-        say) rolls back that caller's entries only; its exception is raised to that caller.
+        Group commit: concurrent callers in this process share one transaction and one fsync; one
+        caller's refusal leaves the others' entries in.
         """
-        return self._submit(_AppendRequest(list(pending), project, extend=extend))
+        return self._submit(_AppendRequest(list(pending), unless=unless))
 
-    def append_built(
-        self, build: Callable[[Session], PendingEntry], *, project: Projector | None = None, flush_first: bool = False
-    ) -> tuple[list[AppendedEntry], list[Receipt]]:
-        """Like `append`, but the entry is built inside the write transaction (under the lock), from
-        what the log holds at that moment: a policy decision, say, must see the state it decides on."""
-        return self._submit(_AppendRequest([], project, build=build, flush_first=flush_first))
-
-    def erase(
-        self, seq: int, *, reason: str, principal: str, reproject: Callable[[Session, str], None] | None = None
-    ) -> Receipt:
+    def erase(self, seq: int, *, reason: str, principal: str) -> Receipt:
         """Removes an entry's payload and salt, recording a `payload.erasure` entry first.
 
         The header (the Merkle leaf) stays, so every proof and checkpoint still holds; the database
         lets the payload row go only once the erasure entry is in the log (see the 0001 migration).
-        `reproject(session, kind)` then rebuilds whatever was derived from the payload (an entry of
-        `kind`), in the same transaction.
+        The projections fed by that payload are rebuilt afterwards, outside the lock
+        (`Projector.rebuild`).
         """
-
-        erased_kind: list[str] = []
-
-        def build(session: Session) -> PendingEntry:
-            row = session.get(LogEntry, seq)
-            if row is None:
-                raise NotFoundError(f"no entry with seq {seq}", field="seq")
-            if row.kind == "payload.erasure":
-                raise ConflictError(f"entry {seq} is itself an erasure record and cannot be erased", field="seq")
-            if session.get(EntryPayload, seq) is None:
-                raise ConflictError(f"entry {seq} is erased already", field="seq")
-            erased_kind[:] = [row.kind]
-            return PendingEntry(
-                kind="payload.erasure",
-                subject=f"entry:{seq}",
-                principal=principal,
-                payload={"seq": seq, "reason": reason},
-            )
-
-        def project(session: Session, result: AppendResult) -> None:
-            session.execute(delete(EntryPayload).where(col(EntryPayload.seq) == seq))
-            if reproject is not None:
-                reproject(session, erased_kind[0])
-
-        _, receipts = self.append_built(build, project=project, flush_first=True)
+        entry = PendingEntry(
+            kind="payload.erasure", subject=f"entry:{seq}", principal=principal, payload={"seq": seq, "reason": reason}
+        )
+        _, receipts = self._submit(_AppendRequest([entry], erases=seq))
         return receipts[0]
 
     def _submit(self, req: _AppendRequest) -> tuple[list[AppendedEntry], list[Receipt]]:
@@ -228,13 +208,9 @@ class Ledger:
     MAX_GROUP = 64
 
     def _commit_group(self, group: list[_AppendRequest]) -> None:
-        """Commits a group in one transaction: first all together; if any caller's work fails,
-        again with a savepoint per caller so that only the failing caller is refused."""
+        """Commits a group in one transaction; a request refused on its own leaves the rest in."""
         try:
-            try:
-                size, root, proofs = self._run_group(group, isolated=False)
-            except _GroupRetryError:
-                size, root, proofs = self._run_group(group, isolated=True)
+            size, root, proofs = self._run_group(group)
         except BaseException as e:
             self._sequencer.forget()
             for req in group:
@@ -259,77 +235,65 @@ class Ledger:
                     for e in req.result.entries
                 ]
             req.done = True
+        if self.on_commit is not None:
+            self.on_commit(size)
 
-    def _run_group(self, group: list[_AppendRequest], *, isolated: bool) -> tuple[int, bytes, dict[int, list[bytes]]]:
+    def _run_group(self, group: list[_AppendRequest]) -> tuple[int, bytes, dict[int, list[bytes]]]:
+        # Under the lock, in this order: (1) the tree as it stands; (2) per request, its precondition
+        # on the log, then seq, time and digests for its entries, undone in memory alone if the
+        # request is refused; (3) every row of the group in one write per table; (4) the payloads
+        # the group erases; (5) inclusion proofs for the receipts; (6) commit.
         with self.db.write() as session:
-            state = self._open(session)
+            state = self._open(session)  # (1)
             now = self.clock()
             rows = PendingRows()
-            # Batchable projectors (the lineage intake's) run once over the whole group's entries, in
-            # seq order, before anything that reads projections, instead of once per caller.
-            deferred: list[_AppendRequest] = []
-
-            def project_deferred() -> None:
-                if deferred:
-                    entries = [e for r in deferred for e in r.result.entries]  # type: ignore[union-attr]
-                    deferred[0].project(session, AppendResult(entries, state.compact.size, b""))  # type: ignore[misc]
-                    deferred.clear()
-
-            for req in group:
+            erasing: list[int] = []
+            for req in group:  # (2)
                 req.error, req.result = None, None
-                if not isolated:
-                    try:
-                        if req.build is None and not req.flush_first and getattr(req.project, "batchable", False):
-                            if deferred and deferred[0].project is not req.project:
-                                project_deferred()
-                            entries = _entries(session, req)
-                            req.result = self._sequencer.append(session, state, entries, now=now, rows=rows)
-                            deferred.append(req)
-                            continue
-                        project_deferred()
-                        self._apply(session, state, req, now, rows)
-                    except Exception as e:
-                        if len(group) == 1:
-                            req.error = e
-                            raise
-                        raise _GroupRetryError from e
-                    continue
-                snapshot = state.copy()
-                nested = session.begin_nested()
+                mark = _Mark.of(state, rows)
                 try:
-                    self._apply(session, state, req, now, None)
-                    nested.commit()
+                    self._check(session, req, rows, erasing)
+                    req.result = self._sequencer.append(session, state, req.pending, now=now, rows=rows)
+                    if req.erases is not None:
+                        erasing.append(req.erases)
                 except Exception as e:
-                    nested.rollback()
-                    state.compact, state.known = snapshot.compact, snapshot.known
-                    req.error, req.result = e, None  # its entries were rolled back: no receipts
-            if not isolated:
-                try:
-                    project_deferred()
-                except Exception as e:
-                    if len(group) == 1:
-                        group[0].error = e
-                        raise
-                    raise _GroupRetryError from e
-            self._sequencer.flush(session, rows)
+                    mark.restore(state, rows)
+                    req.error, req.result = e, None
+            self._sequencer.flush(session, rows)  # (3)
+            if erasing:  # (4) allowed by the database once the erasure entries are in the table
+                session.execute(delete(EntryPayload).where(col(EntryPayload.seq).in_(erasing)))
             seqs = sorted({e.header.seq for r in group if r.result is not None for e in r.result.entries})
             size = state.compact.size
-            proofs = inclusion_proofs(session, seqs, size, state.known) if seqs else {}
-        self._sequencer.committed(state)
+            proofs = inclusion_proofs(session, seqs, size, state.known) if seqs else {}  # (5)
+        self._sequencer.committed(state)  # (6) done: the transaction committed
         return size, state.compact.root(), proofs
 
-    def _apply(
-        self, session: Session, state: TreeState, req: _AppendRequest, now: datetime, rows: PendingRows | None
-    ) -> None:
-        # Builders and projectors read and write projections only, never the log tables, whose rows
-        # for the whole group are written by one flush at the end.
-        if req.build is not None:
-            req.pending = [req.build(session)]
-        req.result = self._sequencer.append(session, state, _entries(session, req), now=now, rows=rows)
-        if req.project is not None:
-            if req.flush_first and rows is not None:
-                self._sequencer.flush(session, rows)
-            req.project(session, req.result)
+    @staticmethod
+    def _check(session: Session, req: _AppendRequest, rows: PendingRows, erasing: list[int]) -> None:
+        """A request's precondition, on the log tables alone (and the group's own pending rows)."""
+        if req.erases is not None:
+            seq = req.erases
+            row = session.get(LogEntry, seq)
+            if row is None:
+                raise NotFoundError(f"no entry with seq {seq}", field="seq")
+            if row.kind == "payload.erasure":
+                raise ConflictError(f"entry {seq} is itself an erasure record and cannot be erased", field="seq")
+            if seq in erasing or session.get(EntryPayload, seq) is None:
+                raise ConflictError(f"entry {seq} is erased already", field="seq")
+        u = req.unless
+        if u is None:
+            return
+        for e in rows.entries:  # entries of this group, ahead of this request
+            if e["seq"] >= u.after and any(c.matches(e["kind"], e["subject"]) for c in u.clauses):
+                raise StaleStateError(f"entry {e['seq']} arrived after the state this was decided on", seq=e["seq"])
+        found = session.execute(
+            select(col(LogEntry.seq))
+            .where(col(LogEntry.seq) >= u.after, or_(*(_clause_sql(c) for c in u.clauses)))
+            .order_by(col(LogEntry.seq))
+            .limit(1)
+        ).scalar()
+        if found is not None:
+            raise StaleStateError(f"entry {found} arrived after the state this was decided on", seq=found)
 
     # --- checkpoints ---------------------------------------------------------------------------
 
@@ -482,6 +446,45 @@ class Ledger:
             if first > second:
                 raise InvalidRequestError(f"first={first} is larger than second={second}", field="first")
             return consistency_proof(session, first, second)
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """Where a group stood before one request: enough to undo that request in memory."""
+
+    state: TreeState
+    entries: int
+    payloads: int
+    nodes: int
+    seen: frozenset[str]
+    looked_up: frozenset[str]
+
+    @staticmethod
+    def of(state: TreeState, rows: PendingRows) -> _Mark:
+        return _Mark(
+            state.copy(),
+            len(rows.entries),
+            len(rows.payloads),
+            len(rows.nodes),
+            frozenset(rows.seen),
+            frozenset(rows.looked_up),
+        )
+
+    def restore(self, state: TreeState, rows: PendingRows) -> None:
+        state.compact, state.known = self.state.compact, self.state.known
+        del rows.entries[self.entries :], rows.payloads[self.payloads :], rows.nodes[self.nodes :]
+        for k in set(rows.seen) - self.seen:
+            del rows.seen[k]
+        rows.looked_up.intersection_update(self.looked_up)
+
+
+def _clause_sql(c: Clause) -> Any:
+    parts = []
+    if c.kinds is not None:
+        parts.append(col(LogEntry.kind).in_(sorted(c.kinds)))
+    if c.subjects is not None:
+        parts.append(col(LogEntry.subject).in_(sorted(c.subjects)))
+    return and_(*parts) if parts else true()
 
 
 def _stored(row: LogEntry, payload: EntryPayload | None) -> StoredEntry:

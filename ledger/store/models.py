@@ -130,3 +130,13 @@ class JobRun(SQLModel, table=True):
     name: str = Field(sa_column=Column(String(64), primary_key=True))
     last_run_at: datetime = Field(sa_column=Column(UtcTimestamp(), nullable=False))
     holder: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class ProjectionWatermark(SQLModel, table=True):
+    """How far a projection has followed the log: entries [0, applied_size) are in its tables."""
+
+    __tablename__ = "projection_watermarks"
+
+    name: str = Field(sa_column=Column(String(64), primary_key=True))
+    applied_size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UtcTimestamp(), nullable=False))

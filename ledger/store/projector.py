@@ -1,0 +1,344 @@
+"""Projections follow the log (DESIGN.md 8, "Log first").
+
+Appends write only the log. Everything else is a projection: a named consumer of the log, applying
+entries in seq order and keeping a persisted watermark (`applied_size`: entries [0, applied_size)
+are applied). Invariants:
+
+- a batch of entries and the watermark that covers it commit in one transaction, so a process killed
+  at any moment leaves nothing half-applied, and the next applier resumes at the watermark;
+- one applier at a time per deployment, whatever the number of hosts and processes: the projector
+  lock (`Database.projecting`), which appends never take;
+- a projection is a pure function of the entries in seq order: `rebuild` (drop and replay) yields
+  exactly what following the log yielded.
+
+A follower is a consumer whose effect is to append entries itself (the violation screen). It runs
+after the projections of a batch have committed; its appends carry dedup keys, so a follower that
+runs twice over the same entries (killed before its watermark moved) appends nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, select, text, update
+from sqlmodel import Session, SQLModel, col
+
+from ledger.errors import UnavailableError
+from ledger.store.db import Database
+from ledger.store.models import EntryPayload, LogEntry, ProjectionWatermark
+from ledger.store.sequencer import header_from_row
+from ledger.store.tree import tree_size
+from ledger.tlog.entry import EntryHeader
+
+log = logging.getLogger("ledger.projector")
+
+Entries = list[tuple[EntryHeader, Any]]
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Tables kept by applying the entries of `kinds` in seq order (payload None once erased)."""
+
+    name: str
+    kinds: frozenset[str]
+    tables: tuple[type[SQLModel], ...]
+    apply: Callable[[Session, Entries], None]
+
+
+def _never(_h: EntryHeader, _p: Any) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Follower:
+    """A consumer that acts on entries outside the projection transaction (idempotently).
+
+    It decides on the projections as they stand right after the batch holding the entry: the
+    projector applies no further batch until every follower has consumed the last one, and it ends a
+    batch before any entry that `changes` what a follower decides on for an earlier entry it
+    `acts_on`. So a follower sees each entry it acts on as of that entry, whatever the batching.
+    """
+
+    name: str
+    kinds: frozenset[str]
+    consume: Callable[[Entries], None]
+    acts_on: Callable[[EntryHeader, Any], bool] = _never
+    changes: Callable[[EntryHeader, Any], bool] = _never
+
+
+class ProjectionLagError(UnavailableError):
+    """The projections did not reach the wanted entry within the bound."""
+
+    def __init__(self, wanted: int, applied: int) -> None:
+        super().__init__(
+            f"the projections have applied entries up to seq {applied - 1}; entry {wanted} is not applied yet",
+            retry_after=1,
+            min_seq=wanted,
+            applied_size=applied,
+        )
+        self.wanted = wanted
+        self.applied = applied
+
+
+class Projector:
+    """Applies the log to every projection, then runs the followers; one per process."""
+
+    def __init__(
+        self,
+        db: Database,
+        projections: Sequence[Projection],
+        followers: Sequence[Follower] = (),
+        *,
+        batch: int = 2000,
+    ) -> None:
+        self.db = db
+        self.projections = list(projections)  # in dependency order: each may read those before it
+        self.followers = list(followers)
+        self.batch = batch
+        self._names = [p.name for p in self.projections] + [f.name for f in self.followers]
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._applied_hint = 0  # a lower bound of the applied size this process has seen
+
+    # --- watermarks ------------------------------------------------------------------------------
+
+    def watermarks(self, session: Session | None = None) -> dict[str, int]:
+        """Every consumer's applied size (a consumer with no row yet has applied nothing)."""
+        if session is None:
+            with self.db.read() as s:
+                return self.watermarks(s)
+        rows = dict(session.execute(select(ProjectionWatermark.name, ProjectionWatermark.applied_size)).all())
+        return {n: int(rows.get(n, 0)) for n in self._names}
+
+    def applied(self, session: Session | None = None) -> int:
+        """The size of the log every projection and follower has applied."""
+        marks = self.watermarks(session)
+        low = min(marks.values(), default=0)
+        self._applied_hint = max(self._applied_hint, low)
+        return low
+
+    def lag(self) -> dict[str, int]:
+        """Entries each consumer is behind the log head."""
+        with self.db.read() as s:
+            head = tree_size(s)
+            return {n: max(0, head - m) for n, m in self.watermarks(s).items()}
+
+    # --- applying --------------------------------------------------------------------------------
+
+    def pending(self) -> bool:
+        """True when some projection or follower is behind the log (a read: no lock)."""
+        with self.db.read() as s:
+            head = tree_size(s)
+            return any(m < head for m in self.watermarks(s).values())
+
+    def step(self) -> bool:
+        """Applies one batch if any is pending and the projector lock is free; True if it did work."""
+        if not self.pending():
+            return False
+        if self._follow():  # (1) the followers first: they decide on the state the last batch left
+            return True
+        with self.db.projecting() as session:  # (2) then the next batch
+            if session is None:
+                return False
+            marks = self.watermarks(session)
+            head = tree_size(session)
+            behind = {n: m for n, m in marks.items() if m < head and n in {p.name for p in self.projections}}
+            if not behind:
+                entries, start, end = [], 0, 0
+            else:
+                start = min(behind.values())
+                end = min(head, start + self.batch)
+                entries = _read(session, start, end)
+                end = self._cut(entries, end)
+                entries = [(h, pl) for h, pl in entries if h.seq < end]
+                for p in self.projections:
+                    mark = marks[p.name]
+                    if mark >= end:
+                        continue
+                    p.apply(session, [(h, pl) for h, pl in entries if h.seq >= mark and h.kind in p.kinds])
+                    _set_mark(session, p.name, end)
+        self._follow()  # (3) at once, before another batch can change what they see
+        return True
+
+    def _cut(self, entries: Entries, end: int) -> int:
+        """Where a batch must end: before the first entry that changes what a follower decides on for
+        an earlier entry of the batch it acts on."""
+        acted = False
+        for h, p in entries:
+            if acted and any(f.changes(h, p) for f in self.followers):
+                return h.seq
+            acted = acted or any(f.acts_on(h, p) for f in self.followers)
+        return end
+
+    def _follow(self) -> bool:
+        """Runs the followers up to what the projections have applied (outside any lock)."""
+        did = False
+        for f in self.followers:
+            with self.db.read() as s:
+                marks = self.watermarks(s)
+                target = min(marks[p.name] for p in self.projections) if self.projections else tree_size(s)
+                mark = marks[f.name]
+                if mark >= target:
+                    continue
+                end = min(target, mark + self.batch)
+                entries = [(h, p) for h, p in _read(s, mark, end, kinds=f.kinds)]
+            f.consume(entries)
+            with self.db.projecting() as session:
+                if session is None:
+                    return did  # another applier runs; it will move the watermark
+                if self.watermarks(session)[f.name] == mark:
+                    _set_mark(session, f.name, end)
+            did = True
+        return did
+
+    def sync(self, target: int, *, timeout: float = 10.0) -> int:
+        """Applies (or waits for another applier to apply) the log up to `target` entries; returns the
+        applied size. Raises ProjectionLagError past `timeout`."""
+        if self._applied_hint >= target:
+            return self._applied_hint
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            applied = self.applied()
+            if applied >= target:
+                return applied
+            if not self.step():
+                if time.monotonic() >= deadline:
+                    raise ProjectionLagError(target - 1, applied)
+                time.sleep(delay)  # another applier holds the lock, or the entry is not appended yet
+                delay = min(delay * 2, 0.05)
+
+    def head(self) -> int:
+        """The log's size now."""
+        with self.db.read() as s:
+            return tree_size(s)
+
+    def sync_to_head(self, *, timeout: float = 10.0) -> int:
+        """Applies every entry the log held when called; returns the applied size."""
+        return self.sync(self.head(), timeout=timeout)
+
+    # --- rebuilding ------------------------------------------------------------------------------
+
+    def rebuild(self, only: frozenset[str] | None = None) -> int:
+        """Empties the projections (all, or those named) and replays the log into them, in one
+        transaction under the projector lock: readers see the old state until it commits (on
+        PostgreSQL rows are deleted, not truncated, so no read waits), and appends go on. Returns
+        the number of entries replayed."""
+        chosen = [p for p in self.projections if only is None or p.name in only]
+        if not chosen:
+            return 0
+        deadline = time.monotonic() + 60
+        while True:
+            with self.db.projecting() as session:
+                if session is not None:
+                    return self._replay(session, chosen)
+            if time.monotonic() > deadline:
+                raise ProjectionLagError(-1, self.applied())
+            time.sleep(0.01)
+
+    def _replay(self, session: Session, chosen: list[Projection]) -> int:
+        tables = [t for p in chosen for t in p.tables]
+        for t in reversed(tables):  # dependants first (foreign keys)
+            session.execute(delete(t))  # type: ignore[arg-type]
+        _restart_ids(session, tables, is_sqlite=self.db.is_sqlite)
+        session.expire_all()
+        head = max(self.watermarks(session)[p.name] for p in chosen)
+        kinds = frozenset().union(*(p.kinds for p in chosen))
+        replayed = 0
+        analyze_at = self.batch
+        for start in range(0, head, self.batch):
+            if not self.db.is_sqlite and replayed >= analyze_at:
+                # The emptied tables refill inside this transaction; the planner, which believes them
+                # empty, would scan them on every lookup. ANALYZE at doubling sizes: O(n) in all.
+                session.execute(text(f"ANALYZE {', '.join(t.__tablename__ for t in tables)}"))  # type: ignore[attr-defined]
+                analyze_at *= 2
+            entries = _read(session, start, min(head, start + self.batch), kinds=kinds)
+            for p in chosen:
+                p.apply(session, [(h, pl) for h, pl in entries if h.kind in p.kinds])
+            replayed += len(entries)
+        for p in chosen:
+            _set_mark(session, p.name, head)
+        return head  # every entry up to the watermark was read (those of other kinds feed nothing)
+
+    # --- the background applier ------------------------------------------------------------------
+
+    def notify(self) -> None:
+        """Entries were appended: apply them soon (called after each commit)."""
+        self._wake.set()
+
+    def start(self, *, poll: float = 0.25) -> None:
+        """Starts this process's background applier: it applies after each notify, and polls for
+        entries other processes appended."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+
+        def run() -> None:
+            while not self._stop.is_set():
+                try:
+                    while self.step() and not self._stop.is_set():
+                        pass
+                except Exception:  # a failed batch rolls back whole; the next round retries it
+                    log.exception("projection batch failed")
+                    self._stop.wait(1.0)
+                self._wake.wait(poll)
+                self._wake.clear()
+
+        self._thread = threading.Thread(target=run, name="ledger-projector", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+
+def _read(session: Session, start: int, end: int, *, kinds: frozenset[str] | None = None) -> Entries:
+    """Entries [start, end) in seq order with their payloads (None once erased)."""
+    q = (
+        select(LogEntry, EntryPayload.payload)
+        .join(EntryPayload, col(EntryPayload.seq) == col(LogEntry.seq), isouter=True)
+        .where(col(LogEntry.seq) >= start, col(LogEntry.seq) < end)
+        .order_by(col(LogEntry.seq))
+    )
+    if kinds is not None:
+        q = q.where(col(LogEntry.kind).in_(sorted(kinds)))
+    return [(header_from_row(e), json.loads(p) if p is not None else None) for e, p in session.execute(q).all()]
+
+
+def _set_mark(session: Session, name: str, size: int) -> None:
+    now = datetime.now(UTC)
+    done = session.execute(
+        update(ProjectionWatermark)
+        .where(col(ProjectionWatermark.name) == name)
+        .values(applied_size=size, updated_at=now)
+    )
+    if done.rowcount == 0:  # type: ignore[attr-defined]
+        session.add(ProjectionWatermark(name=name, applied_size=size, updated_at=now))
+        session.flush()
+
+
+def _restart_ids(session: Session, tables: list[type[SQLModel]], *, is_sqlite: bool) -> None:
+    """Restarts the id sequences of emptied tables, so a replay reproduces every row exactly."""
+    if is_sqlite:
+        return  # without AUTOINCREMENT, SQLite restarts at max(id) + 1: at 1 on an empty table
+    for t in tables:
+        keys = list(t.__table__.primary_key.columns)  # type: ignore[attr-defined]
+        if len(keys) != 1:
+            continue
+        seq = session.execute(
+            text("SELECT pg_get_serial_sequence(:t, :c)"),
+            {"t": t.__tablename__, "c": keys[0].name},  # type: ignore[attr-defined]
+        ).scalar()
+        if seq:  # only serial (identity) keys have one
+            session.execute(text("SELECT setval(CAST(:s AS regclass), 1, false)"), {"s": seq})
