@@ -7,6 +7,14 @@ Invariant: an accepted event can be stored and projected on SQLite and PostgreSQ
 backends accept exactly the same events. Hence no U+0000 anywhere (PostgreSQL text and jsonb
 cannot hold it, and projections copy facet values such as versions and digests into text columns),
 identifiers bounded in UTF-8 bytes (they are index keys), and an `eventTime` in RFC 3339 form.
+
+Every `eventTime` accepted lies in an `EventTimeWindow` (by default 1970 to one day past the
+server's clock) and always within what a policy can parse (`REGO_TIME_MIN`..`REGO_TIME_MAX`): a run's
+completion time is promotion input, and one time Rego cannot parse fails the whole decision.
+
+Hot path: an event whose envelope `_proven` shows valid with the schema's own fields is not loaded
+by marshmallow at all; anything it cannot show valid is loaded by the schema, which alone words the
+errors. So the schema stays the one definition of a valid envelope.
 """
 
 from __future__ import annotations
@@ -14,10 +22,10 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
+from marshmallow import INCLUDE, Schema, ValidationError, fields, missing, validate
 
 from ledger.errors import InvalidEventError
 from ledger.tlog.entry import canonical_json, format_time
@@ -111,6 +119,11 @@ class _Facets(fields.Dict):
                 raise ValidationError(f"facet {name!r} must be an object")
         return out
 
+    def accepts(self, value: Any) -> bool:
+        """True only if `deserialize(value)` certainly succeeds (an object of string-named objects);
+        False sends the event through the schema, which words the error. No copy is made."""
+        return type(value) is dict and all(type(k) is str and type(f) is dict for k, f in value.items())
+
 
 class _DatasetFacets(_Facets):
     """Dataset facets, or input/output facets: the version facets the projections key datasets by
@@ -121,17 +134,26 @@ class _DatasetFacets(_Facets):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kw: Any) -> Any:
         out = super()._deserialize(value, attr, data, **kw)
+        problem = self._version_problem(out)
+        if problem is not None:
+            name, message = problem
+            raise ValidationError({name: {"datasetVersion": [message]}})  # at .../<facet>/datasetVersion
+        return out
+
+    def accepts(self, value: Any) -> bool:
+        return super().accepts(value) and self._version_problem(value) is None
+
+    def _version_problem(self, facets: dict[str, Any]) -> tuple[str, str] | None:
+        """(facet name, problem) of the first version facet whose `datasetVersion` is unusable."""
         for name in self.VERSION_FACETS:
-            version = out.get(name, {}).get("datasetVersion")
+            version = facets.get(name, {}).get("datasetVersion")
             if version is None:
                 continue
-            problem = "must be a string"
-            if isinstance(version, str):
-                if len(version.encode("utf-8", "surrogatepass")) <= MAX_IDENTIFIER_BYTES:
-                    continue
-                problem = f"must be at most {MAX_IDENTIFIER_BYTES} bytes in UTF-8"
-            raise ValidationError({name: {"datasetVersion": [problem]}})  # at .../<facet>/datasetVersion
-        return out
+            if not isinstance(version, str):
+                return name, "must be a string"
+            if len(version.encode("utf-8", "surrogatepass")) > MAX_IDENTIFIER_BYTES:
+                return name, f"must be at most {MAX_IDENTIFIER_BYTES} bytes in UTF-8"
+        return None
 
 
 class RunSchema(_Open):
@@ -193,6 +215,111 @@ _SCHEMAS = {
 
 
 LINEAGE_KINDS = frozenset(_SCHEMAS)  # the entry kinds of OpenLineage events
+
+
+# How `_proven` treats each field of a schema: a leaf is deserialized by its own marshmallow field
+# (its validators, its null and type rules); facets by `_Facets.accepts`; nested schemas and lists
+# of them by their own plans.
+_LEAF, _FACETS, _NESTED, _NESTED_LIST = range(4)
+_Plan = tuple[tuple[str, int, fields.Field[Any], Any], ...]
+
+
+def _plan(schema: Schema) -> _Plan:
+    steps: list[tuple[str, int, fields.Field[Any], Any]] = []
+    for name, field in schema.load_fields.items():
+        if isinstance(field, _Facets):
+            steps.append((name, _FACETS, field, None))
+        elif isinstance(field, fields.Nested):
+            steps.append((name, _NESTED, field, _plan(field.schema)))
+        elif isinstance(field, fields.List) and isinstance(field.inner, fields.Nested):
+            steps.append((name, _NESTED_LIST, field, _plan(field.inner.schema)))
+        elif type(field) in _LEAF_FIELDS or isinstance(field, _EventTime):
+            steps.append((name, _LEAF, field, None))
+        else:  # a field kind this plan does not know: declare how to prove it first
+            raise TypeError(f"no fast-path rule for field {name!r} ({type(field).__name__})")
+    return tuple(steps)
+
+
+_LEAF_FIELDS = (fields.String, fields.Url)
+_PLANS = {kind: _plan(schema) for kind, schema in _SCHEMAS.items()}
+
+
+def _proven(plan: _Plan, data: Any, out: dict[str, Any] | None = None) -> bool:
+    """True only if `schema.load(data)` would succeed, shown with the schema's own fields and without
+    building its output; `out` receives the top level's deserialized leaves. False is "not shown"
+    (the caller then loads with the schema), never a verdict on its own."""
+    if type(data) is not dict:
+        return False
+    for name, how, field, inner in plan:
+        value = data.get(name, missing)
+        if value is missing:
+            if field.required:
+                return False
+            continue
+        if how == _LEAF:
+            try:
+                loaded = field.deserialize(value, name, data)
+            except ValidationError:
+                return False
+            if out is not None:
+                out[name] = loaded
+        elif how == _FACETS:
+            if not field.accepts(value):  # type: ignore[attr-defined]
+                return False
+        elif how == _NESTED:
+            if not _proven(inner, value):
+                return False
+        elif type(value) is not list or not all(_proven(inner, item) for item in value):
+            return False
+    return True
+
+
+# Rego's time.parse_rfc3339_ns (OPA's and regopy's) holds nanoseconds since 1970 in a signed 64-bit
+# integer: only 1677-09-21T00:12:43.145224192Z..2262-04-11T23:47:16.854775807Z parse; anything else
+# is "time outside of valid range", and the whole policy query fails. In microseconds, inward.
+REGO_TIME_MIN = datetime(1677, 9, 21, 0, 12, 43, 145225, tzinfo=UTC)
+REGO_TIME_MAX = datetime(2262, 4, 11, 23, 47, 16, 854775, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_AHEAD_LIMIT = timedelta(days=36_525)  # a century; `now + max_ahead` stays far from datetime.max
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventTimeWindow:
+    """The `eventTime`s intake accepts: from `earliest` to `max_ahead` past the server's clock, both
+    inclusive, and never outside `REGO_TIME_MIN`..`REGO_TIME_MAX`. Default: 1970 to one day ahead.
+
+    Requires `earliest` timezone-aware and not before `REGO_TIME_MIN`, 0 <= `max_ahead` <= a century.
+    """
+
+    earliest: datetime = EPOCH
+    max_ahead: timedelta = timedelta(days=1)
+
+    def __post_init__(self) -> None:
+        if self.earliest.tzinfo is None or self.earliest < REGO_TIME_MIN:
+            raise ValueError(f"earliest {self.earliest} must be timezone-aware and not before {REGO_TIME_MIN}")
+        if not timedelta(0) <= self.max_ahead <= MAX_AHEAD_LIMIT:
+            raise ValueError(f"max_ahead {self.max_ahead} must be between 0 and {MAX_AHEAD_LIMIT}")
+
+    def latest(self, now: datetime) -> datetime:
+        return min(now + self.max_ahead, REGO_TIME_MAX)
+
+    def contains(self, moment: datetime, *, now: datetime) -> bool:
+        """True if `moment` (timezone-aware) lies in the window at server time `now`."""
+        try:
+            return self.earliest <= moment <= self.latest(now)
+        except OverflowError:  # year 1 or 9999 with an offset: no UTC instant datetime can hold
+            return False
+
+    def describe(self, now: datetime) -> str:
+        ahead = int(self.max_ahead.total_seconds())
+        return (
+            f"no earlier than {format_time(self.earliest)} and no later than {ahead} s past the server's "
+            f"clock ({format_time(self.latest(now))})"
+        )
+
+
+DEFAULT_EVENT_TIME_WINDOW = EventTimeWindow()
+_REGO_TEXT_MIN, _REGO_TEXT_MAX = format_time(REGO_TIME_MIN), format_time(REGO_TIME_MAX)
 
 
 @dataclass(frozen=True)
@@ -278,6 +405,16 @@ def utc_time(value: Any) -> str | None:
         return None
 
 
+def policy_time(value: Any) -> str | None:
+    """A time for policy input: `utc_time`'s form (which Rego parses, unlike a raw `eventTime` with a
+    space for `T` or without seconds), or None when absent, malformed, or outside
+    `REGO_TIME_MIN`..`REGO_TIME_MAX` (an entry recorded before intake checked the window)."""
+    moment = utc_time(value)
+    if moment is None or not _REGO_TEXT_MIN <= moment <= _REGO_TEXT_MAX:  # text order is time order
+        return None
+    return moment
+
+
 def written_namespaces(kind: str, event: dict[str, Any]) -> frozenset[str]:
     """The namespaces an event writes to: its job's (run and job events) or its dataset's."""
     owner = event.get("dataset") if kind == "openlineage.dataset_event" else event.get("job")
@@ -302,8 +439,14 @@ def mentioned_datasets(kind: str, event: dict[str, Any]) -> set[tuple[str, str]]
     }
 
 
-def validate_event(event: Any) -> ValidatedEvent:
-    """Validates one event; raises `InvalidEventError` naming every offending field."""
+def validate_event(
+    event: Any, *, now: datetime | None = None, window: EventTimeWindow = DEFAULT_EVENT_TIME_WINDOW
+) -> ValidatedEvent:
+    """Validates one event; raises `InvalidEventError` naming every offending field.
+
+    `now` is the server's clock (timezone-aware; the current UTC time when omitted): the `eventTime`
+    must lie in `window` at `now`. A batch passes one `now` for all its events.
+    """
     kind = classify(event)
     if "eventType" in event and event["eventType"] is not None and kind == "openlineage.run_event":
         et = event["eventType"]
@@ -311,21 +454,32 @@ def validate_event(event: Any) -> ValidatedEvent:
             raise InvalidEventError(
                 f"unknown eventType {et!r}; expected one of {', '.join(EVENT_TYPES)}", field="/eventType"
             )
-    try:
-        _SCHEMAS[kind].load(event)
-    except ValidationError as e:
-        problems = _pointer(e.messages)
-        field, first = problems[0]
-        raise InvalidEventError(
-            f"{field}: {first}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
-            field=field,
-            errors=[{"field": f, "message": m} for f, m in problems],
-        ) from e
+    # (1) The envelope, every facet once: shown valid by the plan, or loaded by the schema.
+    leaves: dict[str, Any] = {}
+    if not _proven(_PLANS[kind], event, leaves):
+        try:
+            leaves = _SCHEMAS[kind].load(event)
+        except ValidationError as e:
+            problems = _pointer(e.messages)
+            field, first = problems[0]
+            raise InvalidEventError(
+                f"{field}: {first}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+                field=field,
+                errors=[{"field": f, "message": m} for f, m in problems],
+            ) from e
+    # (2) The time window, at the server's clock.
+    at = now if now is not None else datetime.now(UTC)
+    if not window.contains(leaves["eventTime"], now=at):
+        message = f"/eventTime: {event['eventTime']!r} is outside the accepted window: {window.describe(at)}"
+        raise InvalidEventError(message, field="/eventTime", errors=[{"field": "/eventTime", "message": message}])
+    # (3) RFC 8785 bytes, once: they are the dedup key's input and the stored payload.
     try:
         canonical = canonical_json(event)
     except InvalidEntryError as e:  # e.g. a lone surrogate, or an integer beyond 2**53
         raise InvalidEventError(f"event cannot be canonicalised (RFC 8785): {e.detail}", field="/") from e
-    nul = _find_nul(event)
+    # (4) No U+0000: JSON writes it `\u0000`, so bytes without that sequence hold none, and only the
+    # rare event with it (or with a literal backslash-u0000 in a string) is walked for its pointer.
+    nul = _find_nul(event) if b"\\u0000" in canonical else None
     if nul is not None:
         raise InvalidEventError(f"{nul}: the character U+0000 is not accepted in events", field=nul)
     if kind == "openlineage.run_event":
