@@ -6,10 +6,12 @@ import json
 import os
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
 
 from ledger.errors import ConfigurationError
+from ledger.lineage.events import DEFAULT_EVENT_TIME_WINDOW, EventTimeWindow
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MAX_BODY = 5 * 1024 * 1024
@@ -54,6 +56,19 @@ def _float_env(env: dict[str, str], name: str, default: float, minimum: float) -
     return value
 
 
+def _time_env(env: dict[str, str], name: str, default: datetime) -> datetime:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError as e:
+        raise ConfigurationError(f"{name}={raw!r} is not an RFC 3339 time (e.g. 1970-01-01T00:00:00Z)") from e
+    if value.tzinfo is None:
+        raise ConfigurationError(f"{name}={raw!r} needs an offset (Z or +hh:mm)")
+    return value
+
+
 def _int_env(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -85,6 +100,10 @@ class Settings:
     policy_budget_seconds: float = DEFAULT_POLICY_BUDGET_SECONDS
     policy_processes: int = 2
     max_projection_lag: int = 10_000
+    # Intake refuses an `eventTime` before `event_time_min` or more than this many seconds past the
+    # server's clock (ledger.lineage.events.EventTimeWindow; always within what Rego can parse).
+    event_time_min: datetime = DEFAULT_EVENT_TIME_WINDOW.earliest
+    event_time_max_ahead_seconds: int = int(DEFAULT_EVENT_TIME_WINDOW.max_ahead.total_seconds())
     run_scheduler: bool = True
     # Purposes for which data carrying each sensitive tag may be read (policies/access.rego).
     allowed_purposes: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_PURPOSES))
@@ -109,8 +128,28 @@ class Settings:
             policy_budget_seconds=_float_env(e, "LEDGER_POLICY_BUDGET_SECONDS", DEFAULT_POLICY_BUDGET_SECONDS, 0.1),
             policy_processes=_int_env(e, "LEDGER_POLICY_PROCESSES", 2, 1),
             max_projection_lag=_int_env(e, "LEDGER_MAX_PROJECTION_LAG", 10_000, 0),
+            event_time_min=_time_env(e, "LEDGER_EVENT_TIME_MIN", DEFAULT_EVENT_TIME_WINDOW.earliest),
+            event_time_max_ahead_seconds=_int_env(
+                e,
+                "LEDGER_EVENT_TIME_MAX_AHEAD_SECONDS",
+                int(DEFAULT_EVENT_TIME_WINDOW.max_ahead.total_seconds()),
+                0,
+            ),
             run_scheduler=e.get("LEDGER_SCHEDULER", "1") not in ("0", "false", "no"),
             allowed_purposes=_purposes(e.get("LEDGER_ACCESS_PURPOSES")),
+        )
+
+    def __post_init__(self) -> None:
+        try:
+            self.event_time_window  # noqa: B018  (refuse a window the validator would refuse, at start)
+        except ValueError as e:
+            raise ConfigurationError(f"LEDGER_EVENT_TIME_MIN / LEDGER_EVENT_TIME_MAX_AHEAD_SECONDS: {e}") from e
+
+    @property
+    def event_time_window(self) -> EventTimeWindow:
+        """The `eventTime`s intake accepts (pass to `validate_event(..., window=...)`)."""
+        return EventTimeWindow(
+            earliest=self.event_time_min, max_ahead=timedelta(seconds=self.event_time_max_ahead_seconds)
         )
 
 

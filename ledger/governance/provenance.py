@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from ledger.governance.models import Approval, Deployment, ModelVersion, PromotionDecision, Validation
+from ledger.lineage.events import policy_time
 from ledger.lineage.models import Dataset, DatasetVersion, Job, Run, RunDataset, marquez_run_state
 from ledger.store.db import chunks
 from ledger.store.models import EntryPayload, LogEntry
@@ -487,7 +488,8 @@ def promotion_input(
         else {
             "id": run.run_id,
             "state": run.state,
-            "completed_at": run.completed_at,
+            # The raw eventTime may be a form Rego does not parse (a space for T, no seconds).
+            "completed_at": policy_time(run.completed_at),
             "job": {
                 "namespace": job.namespace if job else None,
                 "name": job.name if job else None,
