@@ -8,7 +8,7 @@ from ledger.config import Settings
 from ledger.governance.service import GovernanceService
 from ledger.lineage.intake import LineageIntake
 from ledger.policy.bundle_entry import record_policy_bundle
-from ledger.policy.engine import PolicyEngine, load_policy_bundle
+from ledger.policy.engine import PolicyEngine, PolicyLimits, load_policy_bundle
 from ledger.projections import PROJECTIONS
 from ledger.security.access import AccessService, violation_screen
 from ledger.security.keyring import Keyring, key_state
@@ -71,7 +71,12 @@ def build_runtime(settings: Settings, *, policy: PolicyEngine | None = None) -> 
     process, as parsing the policies is most of the cost of a runtime); by default it is loaded here.
     """
     if policy is None:
-        policy = PolicyEngine(load_policy_bundle(settings.policy_dir))
+        limits = PolicyLimits(
+            max_items=settings.policy_max_items,
+            budget_seconds=settings.policy_budget_seconds,
+            processes=settings.policy_processes,
+        )
+        policy = PolicyEngine(load_policy_bundle(settings.policy_dir), limits=limits)
     db = Database(settings.database_url)
     ledger = Ledger(db=db, signer=KeyFile(settings.signing_key_path, settings.origin))
     principals = PrincipalStore(db)

@@ -100,9 +100,9 @@ def test_installed_ledger_serves_from_the_checkout_root(tmp_path: Path) -> None:
         while True:
             assert proc.poll() is None, (tmp_path / "serve.log").read_text()
             try:
-                if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
+                if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or workers still booting
                 pass
             assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
             time.sleep(0.2)

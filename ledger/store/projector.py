@@ -250,7 +250,7 @@ class Projector:
             session.execute(delete(t))  # type: ignore[arg-type]
         _restart_ids(session, tables, is_sqlite=self.db.is_sqlite)
         session.expire_all()
-        head = max(self.watermarks(session)[p.name] for p in chosen)
+        head = tree_size(session)  # under the projector lock: no other applier moves a watermark
         kinds = frozenset().union(*(p.kinds for p in chosen))
         replayed = 0
         analyze_at = self.batch
