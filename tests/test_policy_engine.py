@@ -25,6 +25,7 @@ from ledger.policy.engine import (
     PolicyBundle,
     PolicyEngine,
     PolicyResult,
+    RegoTestResult,
     bundle_digest,
     load_policy_bundle,
     run_rego_tests,
@@ -34,8 +35,6 @@ from ledger.policy.syntax import scan_module
 
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
 
-# Collected once: the parametrized test below needs the names at collection time.
-REGO_TESTS = run_rego_tests(POLICIES)
 MINIMUM_REGO_TESTS = 55  # 59 when written; fewer means tests were lost, not that they pass
 
 HEADER = "package ledger.example\n\nimport rego.v1\n\n"
@@ -133,13 +132,21 @@ def cleared_read() -> dict[str, Any]:
 # --- The Rego tests in policies/ --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "passed"), REGO_TESTS, ids=[t.name for t in REGO_TESTS])
-def test_rego(name: str, passed: bool) -> None:
-    assert passed, f"{name} failed; the captured log says why"
+@pytest.fixture(scope="module")
+def rego_tests() -> list[RegoTestResult]:
+    """The Rego tests of `policies/`, run once when first needed (not at import)."""
+    return run_rego_tests(POLICIES)
 
 
-def test_rego_tests_are_all_found() -> None:
-    names = [t.name for t in REGO_TESTS]
+def test_rego(rego_tests: list[RegoTestResult], subtests: pytest.Subtests) -> None:
+    """Each Rego test is a subtest of its own, reported (and failing) by name."""
+    for name, passed in rego_tests:
+        with subtests.test(name):
+            assert passed, f"{name} failed; the captured log says why"
+
+
+def test_rego_tests_are_all_found(rego_tests: list[RegoTestResult]) -> None:
+    names = [t.name for t in rego_tests]
     assert len(names) >= MINIMUM_REGO_TESTS
     assert len(set(names)) == len(names)
     for prefix in (
