@@ -15,10 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from test_store import check_log, load_reference
 
 from ledger.config import Settings
 from ledger.runtime import Runtime
+
+pytestmark = pytest.mark.slow  # starts interpreters
 
 PROCESSES = 3
 THREADS = 3

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # runs ruff, mypy and the CLI in processes of their own
+
 REPO = Path(__file__).resolve().parent.parent
 
 
