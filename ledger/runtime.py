@@ -108,7 +108,7 @@ def build_runtime(settings: Settings, *, policy: PolicyEngine | None = None) -> 
         ledger=ledger,
         principals=principals,
         keyring=Keyring(db, ledger),
-        intake=LineageIntake(ledger),
+        intake=LineageIntake(ledger, window=settings.event_time_window),
         policy=policy,
         governance=governance,
         access=AccessService(ledger, policy, principals, settings.allowed_purposes, projector),

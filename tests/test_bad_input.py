@@ -685,14 +685,22 @@ BASES = st.sampled_from([run_event, dataset_event, job_event, rich_run_event, ri
 )
 
 
-def paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix] if prefix else []
-    if isinstance(value, dict):
-        for k, v in value.items():
-            out.extend(paths(v, (*prefix, k)))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            out.extend(paths(v, (*prefix, i)))
+def paths(value: Any, max_depth: int = 64) -> list[tuple[Any, ...]]:
+    """Every member's path, down to `max_depth` (iteratively: a mutation may nest a member 1,500
+    deep, which a recursive walk would not survive)."""
+    out: list[tuple[Any, ...]] = []
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), value)]
+    while stack:
+        prefix, v = stack.pop()
+        if prefix:
+            out.append(prefix)
+        if len(prefix) >= max_depth:
+            continue
+        if isinstance(v, dict):
+            stack.extend(((*prefix, k), c) for k, c in v.items())
+        elif isinstance(v, list):
+            stack.extend(((*prefix, i), c) for i, c in enumerate(v))
+    out.sort(key=repr)  # the same order every time: Hypothesis replays examples by index
     return out
 
 

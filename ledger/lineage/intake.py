@@ -7,10 +7,11 @@ transaction; invalid ones are reported by index and not stored.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from ledger.errors import InvalidEventError, LedgerError, PermissionDeniedError
-from ledger.lineage.events import ValidatedEvent, validate_event
+from ledger.lineage.events import DEFAULT_EVENT_TIME_WINDOW, EventTimeWindow, ValidatedEvent, validate_event
 from ledger.security.principals import AuthenticatedPrincipal
 from ledger.store.ledger import Ledger, Receipt
 from ledger.store.sequencer import PendingEntry
@@ -24,11 +25,12 @@ class BatchOutcome:
 
 
 class LineageIntake:
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, *, window: EventTimeWindow = DEFAULT_EVENT_TIME_WINDOW) -> None:
         self.ledger = ledger
+        self.window = window  # the eventTime an event may carry, around the ledger's clock
 
-    def _admit(self, event: Any, principal: AuthenticatedPrincipal) -> ValidatedEvent:
-        v = validate_event(event)
+    def _admit(self, event: Any, principal: AuthenticatedPrincipal, now: datetime) -> ValidatedEvent:
+        v = validate_event(event, now=now, window=self.window)
         denied = sorted(ns for ns in v.namespaces if not principal.may_write_namespace(ns))
         if denied:
             raise PermissionDeniedError(
@@ -49,16 +51,17 @@ class LineageIntake:
 
     def record(self, event: Any, principal: AuthenticatedPrincipal) -> Receipt:
         """Records one event; a repeat of an event already stored returns its original receipt."""
-        v = self._admit(event, principal)
+        v = self._admit(event, principal, self.ledger.clock())
         _, receipts = self.ledger.append([self._pending(v, principal)])
         return receipts[0]
 
     def record_batch(self, events: list[Any], principal: AuthenticatedPrincipal) -> BatchOutcome:
         failures: dict[int, LedgerError] = {}
         admitted: list[tuple[int, ValidatedEvent]] = []
+        now = self.ledger.clock()
         for i, event in enumerate(events):
             try:
-                admitted.append((i, self._admit(event, principal)))
+                admitted.append((i, self._admit(event, principal, now)))
             except (InvalidEventError, PermissionDeniedError) as e:
                 failures[i] = e
         receipts: dict[int, Receipt] = {}

@@ -103,6 +103,7 @@ class Projector:
         self.followers = list(followers)
         self.batch = batch
         self._names = [p.name for p in self.projections] + [f.name for f in self.followers]
+        self._tables = [t for p in self.projections for t in p.tables]
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -159,6 +160,8 @@ class Projector:
                 entries = _read(session, start, end)
                 end = self._cut(entries, end)
                 entries = [(h, pl) for h, pl in entries if h.seq < end]
+                if not self.db.is_sqlite:
+                    _sync_ids(session, self._tables)
                 for p in self.projections:
                     mark = marks[p.name]
                     if mark >= end:
@@ -248,7 +251,8 @@ class Projector:
         tables = [t for p in chosen for t in p.tables]
         for t in reversed(tables):  # dependants first (foreign keys)
             session.execute(delete(t))  # type: ignore[arg-type]
-        _restart_ids(session, tables, is_sqlite=self.db.is_sqlite)
+        if not self.db.is_sqlite:  # SQLite gives max(id) + 1 by itself: 1 on an empty table
+            _sync_ids(session, tables)
         session.expire_all()
         head = tree_size(session)  # under the projector lock: no other applier moves a watermark
         kinds = frozenset().union(*(p.kinds for p in chosen))
@@ -328,17 +332,17 @@ def _set_mark(session: Session, name: str, size: int) -> None:
         session.flush()
 
 
-def _restart_ids(session: Session, tables: list[type[SQLModel]], *, is_sqlite: bool) -> None:
-    """Restarts the id sequences of emptied tables, so a replay reproduces every row exactly."""
-    if is_sqlite:
-        return  # without AUTOINCREMENT, SQLite restarts at max(id) + 1: at 1 on an empty table
+def _sync_ids(session: Session, tables: list[type[SQLModel]]) -> None:
+    """PostgreSQL: restarts each projection table's id sequence just past its largest id, in one
+    statement. A sequence does not roll back with its transaction, so a batch that failed or was
+    killed would otherwise leave gaps, and the ids would no longer be those a rebuild assigns."""
+    parts = []
     for t in tables:
         keys = list(t.__table__.primary_key.columns)  # type: ignore[attr-defined]
-        if len(keys) != 1:
-            continue
-        seq = session.execute(
-            text("SELECT pg_get_serial_sequence(:t, :c)"),
-            {"t": t.__tablename__, "c": keys[0].name},  # type: ignore[attr-defined]
-        ).scalar()
-        if seq:  # only serial (identity) keys have one
-            session.execute(text("SELECT setval(CAST(:s AS regclass), 1, false)"), {"s": seq})
+        if len(keys) == 1 and keys[0].autoincrement is not False and keys[0].type.python_type is int:
+            name, column = t.__tablename__, keys[0].name  # type: ignore[attr-defined]
+            # Our own table and column names: nothing from outside reaches this text.
+            restart = f"COALESCE((SELECT MAX({column}) FROM {name}), 0) + 1"  # noqa: S608
+            parts.append(f"setval(pg_get_serial_sequence('{name}', '{column}'), {restart}, false)")
+    if parts:
+        session.execute(text("SELECT " + ", ".join(parts)))
