@@ -55,12 +55,14 @@ def main() -> None:
         batch = [event(lane, layer) for layer in range(a.layers) for lane in range(a.lanes)]
         for i in range(0, len(batch), 1000):
             rt.intake.record_batch(batch[i : i + 1000], who)
+        rt.projector.sync_to_head(timeout=3600)  # log first: the projections follow the log
         nodes = 2 * a.lanes * a.layers
         log(f"graph of {nodes:,} nodes built")
 
         t = time.perf_counter()
         classify(
             rt.ledger,
+            rt.projector,
             namespace="wh",
             name="lane0.l0",
             tags=["pii"],
@@ -68,10 +70,12 @@ def main() -> None:
             declassify=False,
             principal="sec",
         )
+        rt.projector.sync_to_head(timeout=600)  # the propagation is the projector's work now
         tag_ms = (time.perf_counter() - t) * 1000
 
         t = time.perf_counter()
         rt.intake.record(event(1, a.layers, extra_input=f"lane0.l{a.layers // 2}"), who)
+        rt.projector.sync_to_head(timeout=600)
         edge_ms = (time.perf_counter() - t) * 1000
 
         with rt.db.write() as s:

@@ -183,7 +183,7 @@ class CpuMeter:
             pids = self.server.pids()
             s["server"] = {p: proc_cpu_seconds(p) for p in [pids["master"], *pids["workers"]]}
             s["scheduler"] = {p: proc_cpu_seconds(p) for p in pids["scheduler"]}
-        if self.dbname is not None:
+        if self.dbname:
             s["pg"] = {p: proc_cpu_seconds(p) for p in pg_backend_pids(self.dbname)}
         s["machine"] = machine_busy()
         return s
@@ -248,8 +248,13 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
     def dbname(self) -> str:
-        return self.database_url.rsplit("/", 1)[1]
+        """The PostgreSQL database's name ("" on SQLite: no backends to account for)."""
+        return "" if self.is_sqlite else self.database_url.rsplit("/", 1)[1]
 
     @property
     def env(self) -> dict[str, str]:
@@ -370,10 +375,29 @@ class Server:
 
 @contextmanager
 def running_server(
-    database_url: str | None = None, *, workers: int = 2, env: dict[str, str] | None = None
+    database_url: str | None = None,
+    *,
+    workers: int = 2,
+    env: dict[str, str] | None = None,
+    sqlite: bool = False,
 ) -> Iterator[Server]:
-    """A server on a fresh PostgreSQL database (or on `database_url`); stopped and dropped after.
-    `env` adds environment variables for the server (and the `ledger` commands run against it)."""
+    """A server on a fresh PostgreSQL database (or on `database_url`, or with `sqlite` on a fresh
+    SQLite file in its data dir); stopped and dropped after. `env` adds environment variables for
+    the server (and the `ledger` commands run against it)."""
+    if sqlite:
+        data_dir = Path(tempfile.mkdtemp(prefix="ledger-bench-"))
+        srv = Server(
+            database_url=f"sqlite:///{data_dir / 'ledger.db'}",
+            workers=workers,
+            data_dir=data_dir,
+            extra_env=dict(env or {}),
+        )
+        try:
+            srv.start()
+            yield srv
+        finally:
+            srv.stop()
+        return
     if database_url is None:
         with pg_database() as url, running_server(url, workers=workers, env=env) as srv:
             yield srv
@@ -611,6 +635,9 @@ class LoadResult:
     latencies: list[float]
     items: int  # events (or proofs) represented by the successful requests
     first_error: str = ""
+    # (start, latency, status) of every request, start in perf_counter seconds: lets a benchmark
+    # cut the run into windows (e.g. before, during and after an erasure).
+    timeline: list[tuple[float, float, int]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -634,15 +661,19 @@ def run_load(
     count: int | None = None,
     check: Callable[[int, bytes], int] | None = None,
     warmup: int = 0,
+    timeline: bool = False,
+    stop: threading.Event | None = None,
 ) -> LoadResult:
     """Runs `concurrency` threads, each with one keep-alive connection, until `duration` seconds have
     passed or `count` requests were sent in all. `make_request(i)` returns (method, path, headers,
     body, items); `check(status, body)` returns how many items succeeded (default: 2xx -> items).
-    Each thread first sends `warmup` requests that are not counted (connections, worker caches)."""
+    Each thread first sends `warmup` requests that are not counted (connections, worker caches).
+    `timeline` keeps (start, latency, status) per request; `stop`, when set, ends the run early."""
     assert duration is not None or count is not None
     lock = threading.Lock()
     counter = [0]
     lat: list[list[float]] = [[] for _ in range(concurrency)]
+    tl: list[list[tuple[float, float, int]]] = [[] for _ in range(concurrency)]
     ok = [0] * concurrency
     items = [0] * concurrency
     errors: dict[int, int] = {}
@@ -676,6 +707,8 @@ def run_load(
             while True:
                 if duration is not None and perf() >= stop_at[0]:
                     break
+                if stop is not None and stop.is_set():
+                    break
                 i = next_index()
                 if i is None:
                     break
@@ -685,7 +718,10 @@ def run_load(
                     status, resp = conn.request(method, path, body, headers)
                 except OSError as e:
                     status, resp = 599, str(e).encode()
-                my_lat.append(perf() - t0)
+                dt = perf() - t0
+                my_lat.append(dt)
+                if timeline:
+                    tl[t].append((t0, dt, status))
                 good = check(status, resp) if check else (n if 200 <= status < 300 else 0)
                 if good:
                     ok[t] += 1
@@ -716,7 +752,144 @@ def run_load(
         latencies=all_lat,
         items=sum(items),
         first_error=first_error[0],
+        timeline=sorted(x for part in tl for x in part),
     )
+
+
+def run_paced(
+    port: int,
+    make_request: Callable[[int], tuple[str, str, bytes, bytes, int]],
+    *,
+    rate: float,
+    duration: float,
+    concurrency: int = 16,
+    on_response: Callable[[int, int, bytes, float], None] | None = None,
+    stop: threading.Event | None = None,
+) -> LoadResult:
+    """Open-loop load at a fixed rate: request i is due at start + i / rate, and the next free
+    connection (of `concurrency` keep-alive ones) sends it at that moment, or at once when late.
+    Latency is from the moment the request was due (so a stalled server shows as waiting, not as
+    fewer requests: no coordinated omission). `on_response(i, status, body, t_done)` is called after
+    each response. Bounded: at most rate * duration requests; `stop`, when set, ends it early."""
+    total = int(rate * duration)
+    lock = threading.Lock()
+    counter = [0]
+    lat: list[list[float]] = [[] for _ in range(concurrency)]
+    tl: list[list[tuple[float, float, int]]] = [[] for _ in range(concurrency)]
+    ok = [0] * concurrency
+    items = [0] * concurrency
+    errors: dict[int, int] = {}
+    first_error = [""]
+    start_at = [0.0]
+
+    def go() -> None:
+        start_at[0] = time.perf_counter() + 0.05
+
+    barrier = threading.Barrier(concurrency + 1, action=go)
+
+    def worker(t: int) -> None:
+        conn = HttpConnection("127.0.0.1", port)
+        perf = time.perf_counter
+        try:
+            barrier.wait()
+            while True:
+                if stop is not None and stop.is_set():
+                    return
+                with lock:
+                    i = counter[0]
+                    if i >= total:
+                        return
+                    counter[0] = i + 1
+                due = start_at[0] + i / rate
+                wait = due - perf()
+                if wait > 0:
+                    time.sleep(wait)
+                method, path, headers, body, n = make_request(i)
+                try:
+                    status, resp = conn.request(method, path, body, headers)
+                except OSError as e:
+                    status, resp = 599, str(e).encode()
+                done = perf()
+                lat[t].append(done - due)
+                tl[t].append((due, done - due, status))
+                if on_response is not None:
+                    on_response(i, status, resp, done)
+                if 200 <= status < 300:
+                    ok[t] += 1
+                    items[t] += n
+                else:
+                    with lock:
+                        errors[status] = errors.get(status, 0) + 1
+                        if not first_error[0]:
+                            first_error[0] = f"HTTP {status}: {resp[:300]!r}"
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(concurrency)]
+    for th in threads:
+        th.start()
+    barrier.wait()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - start_at[0]
+    return LoadResult(
+        requests=sum(len(x) for x in lat),
+        ok=sum(ok),
+        errors=errors,
+        wall_s=wall,
+        latencies=[x for part in lat for x in part],
+        items=sum(items),
+        first_error=first_error[0],
+        timeline=sorted(x for part in tl for x in part),
+    )
+
+
+# --- projections ----------------------------------------------------------------------------------
+
+
+def projection_lag(srv: Server, conn: HttpConnection | None = None) -> dict[str, int]:
+    """Entries each projection (and follower) is behind the log head, from GET /readyz (whose body
+    carries `projection_lag` also when it answers 503 for a lag past LEDGER_MAX_PROJECTION_LAG)."""
+    status, body = (conn or HttpConnection("127.0.0.1", srv.port)).request("GET", "/readyz")
+    lag = json.loads(body).get("projection_lag")
+    if lag is None:
+        raise RuntimeError(f"/readyz: HTTP {status} {body[:200]!r}")
+    return {k: int(v) for k, v in lag.items()}
+
+
+def wait_projections(srv: Server, *, timeout: float = 600.0, poll: float = 1.0) -> dict[str, Any]:
+    """Waits (at most `timeout` seconds) until the server's background appliers have applied the
+    whole log; reports how long that took and the rate at which entries were applied."""
+    conn = HttpConnection("127.0.0.1", srv.port)
+    t0 = last = time.perf_counter()
+    first = projection_lag(srv, conn)
+    lag = first
+    with CpuMeter(srv, srv.dbname) as cpu:
+        while max(lag.values(), default=0) > 0 and time.perf_counter() - t0 < timeout:
+            time.sleep(poll)
+            lag = projection_lag(srv, conn)
+            if time.perf_counter() - last > 15:
+                last = time.perf_counter()
+                log(f"  projections catching up: lag {lag}")
+    conn.close()
+    dt = time.perf_counter() - t0
+    behind = max(first.values(), default=0)
+    applied = behind - max(lag.values(), default=0)
+    out = {
+        "lag_at_start": first,
+        "lag_at_end": lag,
+        "caught_up": max(lag.values(), default=0) == 0,
+        "seconds": round(dt, 1),
+        "entries_applied": applied,
+        "entries_per_s": round(applied / dt, 1) if dt > 0 and applied else None,
+        "cpu": cpu.report(),
+    }
+    if behind:
+        log(
+            f"projections: {applied:,} of {behind:,} entries applied in {out['seconds']} s "
+            f"({out['entries_per_s'] or 0:,.0f}/s), caught up: {out['caught_up']}"
+        )
+    return out
 
 
 # --- filling a log --------------------------------------------------------------------------------
@@ -784,12 +957,18 @@ def fill_http(srv: Server, target: int, *, batch: int = 1000, concurrency: int =
         "size_after": log_size(srv),
     }
     log(f"filled: {out['size_after']:,} entries in {out['seconds']} s ({out['events_per_s']:,.0f} events/s)")
+    out["projections"] = wait_projections(srv, timeout=600.0)
     return out
 
 
-def fill_direct(srv: Server, target: int, *, batch: int = 5000) -> dict[str, Any]:
+def fill_direct(srv: Server, target: int, *, batch: int = 5000, wait: float | None = 600.0) -> dict[str, Any]:
     """Appends the same RunEvents in-process through `Ledger.append` (no HTTP, no validation), in
-    large batches, with the server running (the sequencer's advisory lock serialises us with it)."""
+    large batches, with the server running (the sequencer's advisory lock serialises us with it).
+
+    Log first: `Ledger.append` writes the log alone; the server's background appliers (one per
+    worker, one at a time under the projector lock) apply the entries to the projections as they
+    come. With `wait`, this then waits up to that many seconds for them to reach the log head, so
+    that what is measured next is not sharing the CPU with a backlog (reported as `projections`)."""
     import hashlib
 
     from ledger.config import Settings
@@ -836,6 +1015,8 @@ def fill_direct(srv: Server, target: int, *, batch: int = 5000) -> dict[str, Any
         "size_after": size,
     }
     log(f"filled: {size:,} entries in {out['seconds']} s ({out['events_per_s']:,.0f} events/s)")
+    if wait:
+        out["projections"] = wait_projections(srv, timeout=wait)
     return out
 
 

@@ -15,6 +15,12 @@ fresh data dir; a `pipeline` principal made with `ledger principals add`. Target
 single events/s, >= 10,000 batched events/s.
 
     python bench/intake.py [--quick] [--duration S] [--concurrency 16,32] [--batch 500] [--batch-clients 4]
+                           [--sqlite] [--no-batch]
+
+Log first: a request returns once its entry is in the log; the projections follow in the
+background, and after each measurement the script waits for them to reach the log head (reported:
+the backlog the load left and how fast it was applied) so one measurement does not pay for the last.
+`--sqlite` runs the same against a SQLite file (one writer: appends and the applier share it).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from common import (
     remember_start,
     run_load,
     running_server,
+    wait_projections,
     write_results,
 )
 
@@ -61,6 +68,9 @@ def bench_single(srv: Server, *, concurrency: int, duration: float) -> dict[str,
         "cpu": cpu.report(),
         "log_growth": log_size(srv) - before,
     }
+    # Log first: the projections follow in the background; let them catch up before the next
+    # measurement (and report how long that took: the backlog this load left).
+    out["projections_after"] = wait_projections(srv, timeout=300)
     out["events_per_s"] = out.pop("items_per_s")
     log(
         f"  {out['events_per_s']:,.0f} events/s, p50 {out['latency'].get('p50_ms')} ms, "
@@ -99,6 +109,7 @@ def bench_batch(srv: Server, *, batch: int, concurrency: int, duration: float) -
         "cpu": cpu.report(),
         "log_growth": log_size(srv) - before,
     }
+    out["projections_after"] = wait_projections(srv, timeout=300)
     out["events_per_s"] = out.pop("items_per_s")
     out["batch_latency"] = out.pop("latency")
     log(
@@ -116,30 +127,38 @@ def run(
     concurrency: list[int] | None = None,
     batch: int = 500,
     batch_clients: int = 4,
+    batches: bool = True,
 ) -> dict[str, Any]:
     duration = duration or (10.0 if quick else 30.0)
     singles = [bench_single(srv, concurrency=c, duration=duration) for c in (concurrency or [16, 32])]
-    batches = bench_batch(srv, batch=batch, concurrency=batch_clients, duration=duration)
+    batched = bench_batch(srv, batch=batch, concurrency=batch_clients, duration=duration) if batches else None
     best = max(singles, key=lambda r: r["events_per_s"])
     mem = srv.memory()
     log(
         f"server memory after intake: {mem['gunicorn_total_rss_mb']} MB RSS (master+workers), "
         f"PSS {mem['gunicorn_total_pss_mb']} MB"
     )
+    at16 = next((x for x in singles if x["concurrency"] == 16), best)
     return {
+        "database": "sqlite" if srv.is_sqlite else "postgresql",
         "memory_after": mem,
         "single": singles,
-        "batch": batches,
+        "batch": batched,
         "single_events_per_s": best["events_per_s"],
         "single_best_concurrency": best["concurrency"],
         "single_p50_ms": best["latency"].get("p50_ms"),
         "single_p99_ms": best["latency"].get("p99_ms"),
-        "batch_events_per_s": batches["events_per_s"],
+        # The target is stated at 16 keep-alive connections.
+        "single16_events_per_s": at16["events_per_s"],
+        "single16_p50_ms": at16["latency"].get("p50_ms"),
+        "single16_p99_ms": at16["latency"].get("p99_ms"),
+        "batch_events_per_s": batched["events_per_s"] if batched else None,
     }
 
 
 def print_summary(r: dict[str, Any]) -> None:
-    print("\nintake (PostgreSQL, ledger serve --workers 2)")
+    db = "SQLite" if r.get("database") == "sqlite" else "PostgreSQL"
+    print(f"\nintake ({db}, ledger serve --workers 2)")
     print(f"  {'mode':<28}{'events/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'client':>8}{'server':>8}{'pg':>6}{'busy':>6}")
     for s in r["single"]:
         c = s["cpu"]
@@ -147,18 +166,27 @@ def print_summary(r: dict[str, Any]) -> None:
         print(
             f"  {label:<28}{s['events_per_s']:>10,.0f}"
             f"{s['latency'].get('p50_ms', 0):>10.2f}{s['latency'].get('p99_ms', 0):>10.2f}"
-            f"{c['client_cores']:>8.2f}{c['server_cores']:>8.2f}{c['postgres_backend_cores']:>6.2f}"
+            f"{c['client_cores']:>8.2f}{c['server_cores']:>8.2f}{c.get('postgres_backend_cores', 0):>6.2f}"
             f"{c['machine_busy_cores']:>6.2f}"
         )
     b = r["batch"]
-    c = b["cpu"]
-    label = f"batch {b['batch']}, {b['concurrency']} clients"
-    print(
-        f"  {label:<28}{b['events_per_s']:>10,.0f}"
-        f"{b['batch_latency'].get('p50_ms', 0):>10.1f}{b['batch_latency'].get('p99_ms', 0):>10.1f}"
-        f"{c['client_cores']:>8.2f}{c['server_cores']:>8.2f}{c['postgres_backend_cores']:>6.2f}"
-        f"{c['machine_busy_cores']:>6.2f}"
-    )
+    if b:
+        c = b["cpu"]
+        label = f"batch {b['batch']}, {b['concurrency']} clients"
+        print(
+            f"  {label:<28}{b['events_per_s']:>10,.0f}"
+            f"{b['batch_latency'].get('p50_ms', 0):>10.1f}{b['batch_latency'].get('p99_ms', 0):>10.1f}"
+            f"{c['client_cores']:>8.2f}{c['server_cores']:>8.2f}{c.get('postgres_backend_cores', 0):>6.2f}"
+            f"{c['machine_busy_cores']:>6.2f}"
+        )
+    for s in [*r["single"], *([b] if b else [])]:
+        pa = s.get("projections_after")
+        if pa and pa["lag_at_start"] and max(pa["lag_at_start"].values()):
+            label = f"{s['concurrency']} conns" if "batch" not in s else f"batch {s['batch']}"
+            print(
+                f"  projections after {label}: {max(pa['lag_at_start'].values()):,} entries behind, "
+                f"caught up in {pa['seconds']} s ({pa['entries_per_s'] or 0:,.0f}/s)"
+            )
     print(
         "  (cpu columns in cores: load client, gunicorn master+workers, our PostgreSQL backends, whole machine;"
         " batch latencies are per request)"
@@ -181,10 +209,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--concurrency", default="16,32", help="connections for single-event intake (list)")
     p.add_argument("--batch", type=int, default=500, help="events per batch request")
     p.add_argument("--batch-clients", type=int, default=4, help="concurrent batch clients")
+    p.add_argument("--sqlite", action="store_true", help="the server on a SQLite file instead of PostgreSQL")
+    p.add_argument("--no-batch", action="store_true", help="single-event intake only")
     add_server_env(p)
     a = p.parse_args(argv)
     remember_start()
-    with running_server(env=parse_env(a.server_env)) as srv:
+    with running_server(env=parse_env(a.server_env), sqlite=a.sqlite) as srv:
         r = run(
             srv,
             quick=a.quick,
@@ -192,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
             concurrency=[int(x) for x in a.concurrency.split(",")],
             batch=a.batch,
             batch_clients=a.batch_clients,
+            batches=not a.no_batch,
         )
     print_summary(r)
     write_results("intake", {"command": " ".join(["python", *sys.argv]), "intake": r})

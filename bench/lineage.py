@@ -82,6 +82,11 @@ def fill(database_url: str, data_dir: Path, layers: int, width: int) -> float:
             log(f"  {layer + 1} layers ({(layer + 1) * width * 2:,} nodes) in {time.perf_counter() - t0:.0f} s")
     if batch:
         rt.intake.record_batch(batch, who)
+    # Log first: the intake wrote the log alone; apply it to the projections here (the queries
+    # below read them), so that the server starts with nothing to catch up.
+    t1 = time.perf_counter()
+    rt.projector.sync_to_head(timeout=3600)
+    log(f"  projections applied in {time.perf_counter() - t1:.1f} s")
     rt.close()
     return time.perf_counter() - t0
 
