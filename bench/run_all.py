@@ -1,15 +1,19 @@
 """Runs every benchmark against one shared PostgreSQL log and prints a summary table.
 
-Order: start `ledger serve --workers 2` on a fresh PostgreSQL database; intake (single events and
-batches, on the young log); fill the log to N entries (once; `--fill direct` through
-`Ledger.append` in-process, default, or `--fill http` through the batch API); inclusion-proof
-latency and server RSS at N; `ledger verify --url` over the N entries; stop the server and drop the
-database; then ours-vs-pymerkle in-process. The summary lists target, measured figure and the exact
-command that reproduces each figure alone; the JSON goes to bench/results/run_all-<time>.json.
+Order: start `ledger serve --workers 2` on a fresh PostgreSQL database; intake (single events at
+16 and 32 connections, and batches, on the young log); projection lag at a fixed rate (1,000/s);
+fill the log to 100,000 entries and run an erasure under single-event load (erasure.py); fill on
+to N entries (`--fill direct` through `Ledger.append` in-process, default, or `--fill http` through
+the batch API; either way the server's appliers then bring the projections to the log head);
+inclusion-proof latency and server RSS at N; `ledger verify --url` over the N entries; stop the
+server and drop the database; single-event intake on SQLite (its own server); then
+ours-vs-pymerkle in-process. The summary lists target, measured figure and the exact command that
+reproduces each figure alone; the JSON goes to bench/results/run_all-<time>.json.
 
     python bench/run_all.py            # N = 1,000,000 (takes a while: the fill dominates)
     python bench/run_all.py --quick    # N = 100,000, shorter measurements, 20,000 pymerkle leaves
-    options: --entries N, --fill direct|http, --skip intake,proofs,verify,pymerkle
+    options: --entries N, --fill direct|http, --duration S (per intake/lag measurement),
+             --skip intake,lag,erasure,proofs,verify,sqlite,pymerkle
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import time
 import traceback
 from typing import Any
 
+import erasure
 import intake
+import projection_lag
 import proofs
 import pymerkle_compare
 import verify
@@ -57,7 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--entries", type=int)
     p.add_argument("--fill", choices=["direct", "http"], default="direct")
-    p.add_argument("--skip", default="", help="comma-separated: intake,proofs,verify,pymerkle")
+    p.add_argument("--skip", default="", help="comma-separated: intake,lag,erasure,proofs,verify,sqlite,pymerkle")
+    p.add_argument("--duration", type=float, help="seconds per intake and lag measurement (30, or 10 with --quick)")
+    p.add_argument("--erasure-entries", type=int, default=100_000, help="log size for the erasure benchmark")
     add_server_env(p)
     a = p.parse_args(argv)
     remember_start()
@@ -82,13 +90,23 @@ def main(argv: list[str] | None = None) -> None:
             results.setdefault("errors", {})[name] = f"{type(e).__name__}: {e}"
             return None
 
-    if not {"intake", "proofs", "verify"} <= skip:
+    duration = a.duration or (10.0 if a.quick else 30.0)
+    fill_fn = fill_http if a.fill == "http" else fill_direct
+    if not {"intake", "lag", "erasure", "proofs", "verify"} <= skip:
         with pg_database() as url, running_server(url, env=parse_env(a.server_env)) as srv:
             if "intake" not in skip:
-                results["intake"] = guarded("intake", lambda: intake.run(srv, quick=a.quick))
+                results["intake"] = guarded("intake", lambda: intake.run(srv, quick=a.quick, duration=duration))
+            if "lag" not in skip:
+                results["projection_lag"] = guarded(
+                    "lag", lambda: projection_lag.run(srv, rate=1000.0, duration=duration)
+                )
+            if "erasure" not in skip:
+                m = min(n, a.erasure_entries)
+                results["erasure_fill"] = guarded("erasure_fill", lambda: fill_fn(srv, m))
+                results["erasure"] = guarded("erasure", lambda: erasure.run(srv))
             if not {"proofs", "verify"} <= skip:
                 t0 = time.perf_counter()
-                fill = guarded("fill", lambda: (fill_http if a.fill == "http" else fill_direct)(srv, n))
+                fill = guarded("fill", lambda: fill_fn(srv, n))
                 results["fill"] = fill
                 results["fill_wall_s"] = round(time.perf_counter() - t0, 1)
                 log(f"shared log: {log_size(srv):,} entries")
@@ -98,6 +116,13 @@ def main(argv: list[str] | None = None) -> None:
                 )
             if "verify" not in skip:
                 results["verify"] = guarded("verify", lambda: verify.run(srv))
+    if "sqlite" not in skip:
+
+        def sqlite_intake() -> Any:
+            with running_server(env=parse_env(a.server_env), sqlite=True) as srv:
+                return intake.run(srv, duration=duration, concurrency=[16], batches=False)
+
+        results["sqlite_intake"] = guarded("sqlite", sqlite_intake)
     if "pymerkle" not in skip:
         results["pymerkle_compare"] = guarded(
             "pymerkle",
@@ -107,33 +132,46 @@ def main(argv: list[str] | None = None) -> None:
 
     for name, mod in (
         ("intake", intake),
+        ("projection_lag", projection_lag),
+        ("erasure", erasure),
         ("proofs", proofs),
         ("verify", verify),
         ("pymerkle_compare", pymerkle_compare),
     ):
         if results.get(name):
             mod.print_summary(results[name])
+    if results.get("sqlite_intake"):
+        intake.print_summary(results["sqlite_intake"])
 
     rows: list[tuple[str, str, Any, str, str, str]] = []
-    q = " --quick" if a.quick else ""
     it, pr, ve, pm = (results.get(k) or {} for k in ("intake", "proofs", "verify", "pymerkle_compare"))
+    lg, er, sq = (results.get(k) or {} for k in ("projection_lag", "erasure", "sqlite_intake"))
+    d = f" --duration {duration:g}"
     if it:
         rows += [
             (
-                "single intake",
+                "single intake, 16 conns",
                 ">= 1,000/s",
-                it.get("single_events_per_s"),
+                it.get("single16_events_per_s"),
                 "/s",
                 ">=1000",
-                f"python bench/intake.py{q}",
+                f"python bench/intake.py{d}",
             ),
             (
-                "single intake p50 / p99",
+                "single intake p99, 16 conns",
+                "<= 50 ms",
+                it.get("single16_p99_ms"),
+                "ms",
+                "<=50",
+                f"python bench/intake.py{d}",
+            ),
+            (
+                "single intake p50, 16 conns",
                 "-",
-                f"{it.get('single_p50_ms')} / {it.get('single_p99_ms')} ms",
+                it.get("single16_p50_ms"),
+                "ms",
                 "",
-                "",
-                f"python bench/intake.py{q}",
+                f"python bench/intake.py{d}",
             ),
             (
                 "batched intake (500/req)",
@@ -141,8 +179,28 @@ def main(argv: list[str] | None = None) -> None:
                 it.get("batch_events_per_s"),
                 "/s",
                 ">=10000",
-                f"python bench/intake.py{q}",
+                f"python bench/intake.py{d}",
             ),
+        ]
+    if lg:
+        cmd = f"python bench/projection_lag.py --rate 1000{d}"
+        rows += [
+            (
+                "lag: receipt->visible p99",
+                "<= 1 s",
+                (lg.get("receipt_to_visible") or {}).get("p99_ms"),
+                "ms",
+                "<=1000",
+                cmd,
+            ),
+            ("lag: /readyz entries p99", "-", (lg.get("lag_entries_max_over_consumers") or {}).get("p99"), "", "", cmd),
+            ("lag: achieved intake rate", "1,000/s", lg.get("achieved_events_per_s"), "/s", "", cmd),
+        ]
+    if er:
+        cmd = f"python bench/erasure.py --entries {er['entries']}"
+        rows += [
+            (f"erasure @{er['entries']:,}: intake p99", "<= 1 s", er.get("during_p99_ms"), "ms", "<=1000", cmd),
+            ("erasure duration", "-", (er.get("erasure") or {}).get("seconds"), "", "", cmd),
         ]
     if results.get("fill"):
         f = results["fill"]
@@ -175,11 +233,19 @@ def main(argv: list[str] | None = None) -> None:
                 f"python bench/verify.py --entries {n}",
             )
         )
+    if sq:
+        cmd = f"python bench/intake.py --sqlite --concurrency 16 --no-batch{d}"
+        rows += [
+            ("SQLite single intake, 16 conns", "report", sq.get("single16_events_per_s"), "/s", "", cmd),
+            ("SQLite single p99, 16 conns", "report", sq.get("single16_p99_ms"), "ms", "", cmd),
+        ]
     if pm:
         cmd = f"python bench/pymerkle_compare.py --leaves {pm_leaves} --single {pm_single}"
         b, pp = pm["bulk_append"], pm["inclusion_proof"]
         rows += [
             ("vs pymerkle: in-memory append", "-", pm["inmemory_append"]["ratio_ours_over_pymerkle"], "x", "", cmd),
+            ("ours bulk append SQLite", "-", b["ours_sqlite_per_s"], "/s", "", cmd),
+            ("pymerkle SqliteTree bulk append", "-", b["pymerkle_sqlite_per_s"], "/s", "", cmd),
             ("vs pymerkle: bulk append SQLite", "-", b["ratio_ours_sqlite_over_pymerkle"], "x", "", cmd),
             (
                 "vs pymerkle: commit/leaf SQLite",
