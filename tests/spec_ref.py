@@ -102,24 +102,36 @@ def verify_consistency(first: int, second: int, first_root: bytes, second_root: 
     return fr == first_root and sr == second_root and sn == 0  # step 6
 
 
+def note_key_id(name: str, public_key: bytes) -> bytes:
+    """C2SP signed-note: key id = SHA-256(name || 0x0A || 0x01 || public key)[:4] (Ed25519)."""
+    return _h(name.encode() + b"\n" + b"\x01" + public_key)[:4]
+
+
+def parse_verifier_key(vkey: str) -> tuple[str, bytes, bytes]:
+    """`<name>+<hex key id>+<base64(0x01 || public key)>` -> (name, key id, public key); raises on
+    anything else, including a key id that does not match the name and key."""
+    name, hex_id, b64 = vkey.strip().split("+", 2)
+    raw = base64.b64decode(b64, validate=True)
+    if len(raw) != 33 or raw[0] != 0x01:
+        raise ValueError("not an Ed25519 note verifier key")
+    key_id = bytes.fromhex(hex_id)
+    if len(key_id) != 4 or note_key_id(name, raw[1:]) != key_id:
+        raise ValueError("verifier key id does not match its name and key")
+    return name, key_id, raw[1:]
+
+
 def verify_note(note: str, vkey: str) -> str:
     """C2SP signed-note: returns the note's text once a signature by `vkey` verifies; raises otherwise.
 
     vkey = <name>+<hex key id>+<base64(0x01 || Ed25519 public key)>, key id = SHA-256(name || 0x0A ||
     0x01 || public key)[:4].
     """
-    name, hex_id, b64 = vkey.strip().split("+", 2)
-    raw = base64.b64decode(b64, validate=True)
-    if len(raw) != 33 or raw[0] != 0x01:
-        raise ValueError("not an Ed25519 note verifier key")
-    key_id = bytes.fromhex(hex_id)
-    if _h(name.encode() + b"\n" + raw)[:4] != key_id:
-        raise ValueError("verifier key id does not match its name and key")
+    name, key_id, public_key = parse_verifier_key(vkey)
     text, sep, sigs = note.rpartition("\n\n")
     if not sep:
         raise ValueError("a note needs a blank line before its signatures")
     text += "\n"
-    public = Ed25519PublicKey.from_public_bytes(raw[1:])
+    public = Ed25519PublicKey.from_public_bytes(public_key)
     for line in sigs.splitlines():
         if not line.startswith("\u2014 "):
             raise ValueError(f"malformed signature line {line!r}")

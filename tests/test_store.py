@@ -7,24 +7,21 @@
 - every root and proof at any size costs a constant number of statements and O(log n) rows.
 
 The tests that append end by checking the whole log against the slow RFC 9162 reference
-(`tlog_ref`): seq is 0..n-1, leaf hashes recomputed from the headers, payload digests, the stored root
+(`spec_ref`): seq is 0..n-1, leaf hashes recomputed from the headers, payload digests, the stored root
 and its signed checkpoint. The log may not start empty: `ledger init` records the policy bundle.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import random
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -39,20 +36,12 @@ from ledger.store.sequencer import AppendedEntry, PendingEntry
 from ledger.store.tree import root_at
 from ledger.tlog.entry import EntryHeader, check_payload
 
-CONFORMANCE_DIR = Path(
-    os.environ.get("LEDGER_CONFORMANCE_DIR", Path(__file__).resolve().parents[2] / "shared" / "conformance")
-)
-
 
 def load_reference() -> ModuleType:
-    """The independent RFC 9162 / signed-note reference kept apart from the project."""
-    if not (CONFORMANCE_DIR / "tlog_ref.py").is_file():
-        pytest.skip(f"conformance reference not found in {CONFORMANCE_DIR} (set LEDGER_CONFORMANCE_DIR)")
-    if str(CONFORMANCE_DIR) not in sys.path:
-        sys.path.insert(0, str(CONFORMANCE_DIR))
-    import tlog_ref
+    """The independent RFC 9162 / signed-note reference, written from the specs (tests/spec_ref.py)."""
+    import spec_ref
 
-    return tlog_ref
+    return spec_ref
 
 
 @pytest.fixture(scope="module")

@@ -227,7 +227,7 @@ class _Worker:
         root = str(Path(__file__).resolve().parent.parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ledger.policy.worker"],
+            [sys.executable, "-P", "-m", "ledger.policy.worker"],  # -P: the installed package, not the cwd
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,

@@ -1,11 +1,9 @@
 """Shared fixtures for the pure transparency-log tests: vector paths, trees built with the real
-`ledger.tlog.tree` code, and the external conformance verifier."""
+`ledger.tlog.tree` code, and the independent reference verifier (tests/spec_ref.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +16,6 @@ from ledger.tlog.tree import CompactRange, NodeId, ProofPlan, consistency_ranges
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 MERKLE_VECTORS = VECTORS / "transparency-dev-merkle"
-
-# The independent verifier kept apart from the project (DESIGN.md 3); overridable for other checkouts.
-CONFORMANCE_DIR = Path(
-    os.environ.get("LEDGER_CONFORMANCE_DIR", Path(__file__).resolve().parents[3] / "shared" / "conformance")
-)
 
 BIG_TREE_SIZE = 4096
 
@@ -95,11 +88,7 @@ def big_tree() -> BuiltTree:
 
 @pytest.fixture(scope="session")
 def tlog_ref() -> ModuleType:
-    """The external reference verifier, imported from the shared conformance directory."""
-    if not (CONFORMANCE_DIR / "tlog_ref.py").is_file():
-        pytest.skip(f"conformance reference not found in {CONFORMANCE_DIR} (set LEDGER_CONFORMANCE_DIR)")
-    if str(CONFORMANCE_DIR) not in sys.path:
-        sys.path.insert(0, str(CONFORMANCE_DIR))
-    import tlog_ref
+    """The independent reference verifier, written from the specs alone (tests/spec_ref.py)."""
+    import spec_ref
 
-    return tlog_ref
+    return spec_ref

@@ -1,5 +1,5 @@
 """C2SP signed notes and tlog-checkpoints (`ledger.tlog.note`, DESIGN.md 3.2), checked against the
-golang.org/x/mod sumdb/note vectors and the independent verifier in /work/shared/conformance."""
+golang.org/x/mod sumdb/note vectors and the independent verifier in tests/spec_ref.py."""
 
 from __future__ import annotations
 
