@@ -28,6 +28,7 @@ TREE = Path(sys.argv[sys.argv.index("--tree") + 1]).resolve() if "--tree" in sys
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(TREE))
 
+from test_policy_bounds import big_promotion  # noqa: E402
 from test_policy_engine import compliant_promotion  # noqa: E402
 
 from ledger.policy import engine as policy_engine  # noqa: E402
@@ -49,45 +50,6 @@ def with_datasets(n: int) -> dict[str, Any]:
         }
         for i in range(n)
     ]
-    return doc
-
-
-def big_promotion(n: int) -> dict[str, Any]:
-    """A production promotion input with `n` items in each of its four lists, most of them failing."""
-    doc = compliant_promotion()
-    doc["upstream"]["datasets"] = [
-        {
-            "namespace": "s3://x",
-            "name": f"d{i}",
-            "version": None if i % 3 == 0 else "v1",
-            "produced_by_run": None if i % 5 == 0 else "r",
-            "source": False,
-            "tags": ["pii"] if i % 2 else [],
-            "classified": i % 4 == 1,
-        }
-        for i in range(n)
-    ]
-    doc["validations"] = [
-        {
-            "type": ("performance", "bias")[i % 2],
-            "passed": i % 7 != 0,
-            "recorded_at": "2026-11-02T10:00:00Z",
-            "report_digest": "sha256:" + "cd" * 32,
-            "seq": 100 + i,
-        }
-        for i in range(n)
-    ]
-    doc["approvals"] = [
-        {
-            "stage": "production",
-            "approver": f"u{i}",
-            "approver_roles": ["approver"] if i % 3 else [],
-            "recorded_at": "2026-11-03T10:00:00Z",
-            "seq": 10_000 + i,
-        }
-        for i in range(n)
-    ]
-    doc["open_violations"] = [{"id": i, "dataset": f"s3://x:d{i}", "run_id": "r", "reason": "bad"} for i in range(n)]
     return doc
 
 
