@@ -16,8 +16,8 @@ import pytest
 from conftest import auth, projection_snapshot
 from events import PRODUCER, SCHEMA, run_event
 
-from ledger.lineage import queries
 from ledger.projections import rebuild_all
+from ledger.reads import lineage as queries
 from ledger.tlog.entry import format_time
 
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from ledger.lineage.events import utc_time
 from ledger.lineage.models import Dataset, Job, Namespace, marquez_run_state
-from ledger.lineage.queries import (
+from ledger.lineage.stats import Interval
+from ledger.reads.lineage import (
     ColumnNode,
     DatasetView,
     Graph,
@@ -24,7 +25,6 @@ from ledger.lineage.queries import (
     UpstreamRun,
     VersionView,
 )
-from ledger.lineage.stats import Interval
 from ledger.tlog.entry import format_time, parse_time
 
 

@@ -1,6 +1,6 @@
 """Marquez-compatible lineage reads (DESIGN.md 4: provenance reads; 8: names in paths, run states).
 
-Each view parses its parameters, calls the read service (ledger.lineage.queries, which applies
+Each view parses its parameters, calls the read service (ledger.reads.lineage, which applies
 scope and redaction) and presents Marquez's shape (ledger.api.marquez). Names in paths are one
 URL-encoded segment each (`<name:...>`, ledger.api.names).
 """
@@ -19,8 +19,8 @@ from ledger.api.params import int_arg, str_arg
 from ledger.errors import InvalidRequestError
 from ledger.lineage.events import utc_time
 from ledger.lineage.nodeid import NodeId
-from ledger.lineage.queries import MAX_DEPTH, MAX_PAGE, LineageReader
 from ledger.lineage.stats import PERIODS, Interval, intervals, time_zone
+from ledger.reads.lineage import MAX_DEPTH, MAX_PAGE, LineageReader
 from ledger.store.db import Database
 from ledger.store.ledger import Ledger
 

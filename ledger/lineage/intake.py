@@ -8,13 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from ledger.errors import InvalidEventError, LedgerError, PermissionDeniedError
 from ledger.lineage.events import DEFAULT_EVENT_TIME_WINDOW, EventTimeWindow, ValidatedEvent, validate_event
-from ledger.security.principals import AuthenticatedPrincipal
 from ledger.store.ledger import Ledger, Receipt
 from ledger.store.sequencer import PendingEntry
+
+
+class Poster(Protocol):
+    """Who posts the events (ledger.security.principals.Poster, as a value)."""
+
+    name: str
+
+    def may_write_namespace(self, namespace: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -29,7 +36,7 @@ class LineageIntake:
         self.ledger = ledger
         self.window = window  # the eventTime an event may carry, around the ledger's clock
 
-    def _admit(self, event: Any, principal: AuthenticatedPrincipal, now: datetime) -> ValidatedEvent:
+    def _admit(self, event: Any, principal: Poster, now: datetime) -> ValidatedEvent:
         v = validate_event(event, now=now, window=self.window)
         denied = sorted(ns for ns in v.namespaces if not principal.may_write_namespace(ns))
         if denied:
@@ -39,7 +46,7 @@ class LineageIntake:
             )
         return v
 
-    def _pending(self, v: ValidatedEvent, principal: AuthenticatedPrincipal) -> PendingEntry:
+    def _pending(self, v: ValidatedEvent, principal: Poster) -> PendingEntry:
         return PendingEntry(
             kind=v.kind,
             subject=v.subject,
@@ -49,13 +56,13 @@ class LineageIntake:
             canonical=v.canonical,
         )
 
-    def record(self, event: Any, principal: AuthenticatedPrincipal) -> Receipt:
+    def record(self, event: Any, principal: Poster) -> Receipt:
         """Records one event; a repeat of an event already stored returns its original receipt."""
         v = self._admit(event, principal, self.ledger.clock())
         _, receipts = self.ledger.append([self._pending(v, principal)])
         return receipts[0]
 
-    def record_batch(self, events: list[Any], principal: AuthenticatedPrincipal) -> BatchOutcome:
+    def record_batch(self, events: list[Any], principal: Poster) -> BatchOutcome:
         failures: dict[int, LedgerError] = {}
         admitted: list[tuple[int, ValidatedEvent]] = []
         now = self.ledger.clock()
