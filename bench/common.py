@@ -770,7 +770,9 @@ def run_paced(
     connection (of `concurrency` keep-alive ones) sends it at that moment, or at once when late.
     Latency is from the moment the request was due (so a stalled server shows as waiting, not as
     fewer requests: no coordinated omission). `on_response(i, status, body, t_done)` is called after
-    each response. Bounded: at most rate * duration requests; `stop`, when set, ends it early."""
+    each response. Bounded: at most rate * duration requests, none sent past duration * 1.5 (or
+    duration + 5 s) when the server falls behind (`requests` then falls short of rate * duration);
+    `stop`, when set, ends it early."""
     total = int(rate * duration)
     lock = threading.Lock()
     counter = [0]
@@ -782,8 +784,11 @@ def run_paced(
     first_error = [""]
     start_at = [0.0]
 
+    hard_stop = [0.0]
+
     def go() -> None:
         start_at[0] = time.perf_counter() + 0.05
+        hard_stop[0] = start_at[0] + duration + max(5.0, duration / 2)
 
     barrier = threading.Barrier(concurrency + 1, action=go)
 
@@ -794,6 +799,8 @@ def run_paced(
             barrier.wait()
             while True:
                 if stop is not None and stop.is_set():
+                    return
+                if perf() > hard_stop[0]:  # far behind schedule: the server cannot keep the rate
                     return
                 with lock:
                     i = counter[0]
@@ -842,6 +849,86 @@ def run_paced(
         first_error=first_error[0],
         timeline=sorted(x for part in tl for x in part),
     )
+
+
+# --- profiling the server -------------------------------------------------------------------------
+
+
+@contextmanager
+def profiled(srv: Server, name: str, *, rate: int = 100) -> Iterator[dict[str, Any]]:
+    """Samples every gunicorn worker with py-spy (`.venv/bin/pip install py-spy`) while the body
+    runs; afterwards the yielded dict holds the top frames (`summarise_profile`) and the paths of
+    the collapsed stacks (bench/results/profile-<name>-<pid>.txt, loadable in speedscope)."""
+    exe = Path(sys.executable).parent / "py-spy"
+    out: dict[str, Any] = {}
+    if not exe.exists():
+        log("py-spy is not installed in the venv: no profile")
+        yield out
+        return
+    RESULTS_DIR.mkdir(exist_ok=True)
+    procs = []
+    for pid in srv.pids()["workers"]:
+        path = RESULTS_DIR / f"profile-{name}-{pid}.txt"
+        cmd = [str(exe), "record", "-r", str(rate), "-f", "raw", "-o", str(path), "--pid", str(pid)]
+        procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), path))
+    time.sleep(0.5)
+    try:
+        yield out
+    finally:
+        for p, _ in procs:
+            p.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        for p, _ in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        paths = [path for _, path in procs if path.exists()]
+        out.update(files=[str(x) for x in paths], **summarise_profile(paths))
+
+
+_IDLE = ("Condition.wait", "EpollSelector.select", "_worker (concurrent/futures/thread.py", "Event.wait", "sleep")
+
+
+def summarise_profile(paths: list[Path], top: int = 25) -> dict[str, Any]:
+    """Top frames of py-spy collapsed stacks, idle samples (threads waiting on a queue, a
+    condition, a selector, or time.sleep) left out: inclusive and self percentages of busy samples."""
+    incl: dict[str, int] = {}
+    selfc: dict[str, int] = {}
+    busy = idle = 0
+    for path in paths:
+        for line in path.read_text().splitlines():
+            stack, _, n_text = line.rpartition(" ")
+            n = int(n_text)
+            frames = stack.split(";")
+            if any(frames[-1].startswith(x) or x in frames[-1] for x in _IDLE):
+                idle += n
+                continue
+            busy += n
+            seen = set()
+            for f in frames:
+                key = f.split(":")[0] + ")" if "(" in f else f
+                if key not in seen:
+                    seen.add(key)
+                    incl[key] = incl.get(key, 0) + n
+            key = frames[-1].split(":")[0] + ")" if "(" in frames[-1] else frames[-1]
+            selfc[key] = selfc.get(key, 0) + n
+
+    def pct(d: dict[str, int]) -> list[tuple[float, str]]:
+        return [(round(100 * v / max(1, busy), 1), k) for k, v in sorted(d.items(), key=lambda x: -x[1])[:top]]
+
+    return {"busy_samples": busy, "idle_samples": idle, "inclusive": pct(incl), "self": pct(selfc)}
+
+
+def print_profile(title: str, prof: dict[str, Any], top: int = 25) -> None:
+    if not prof.get("busy_samples"):
+        return
+    print(f"\n  profile of the workers during {title} (py-spy, {prof['busy_samples']} busy samples; idle left out)")
+    print("    inclusive:")
+    for p, k in prof["inclusive"][:top]:
+        print(f"      {p:5.1f}%  {k}")
+    print("    self:")
+    for p, k in prof["self"][:15]:
+        print(f"      {p:5.1f}%  {k}")
 
 
 # --- projections ----------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ the backlog the load left and how fast it was applied) so one measurement does n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import Any
 
@@ -39,6 +40,8 @@ from common import (
     log,
     log_size,
     parse_env,
+    print_profile,
+    profiled,
     remember_start,
     run_load,
     running_server,
@@ -50,7 +53,11 @@ SINGLE_TARGET = 1_000
 BATCH_TARGET = 10_000
 
 
-def bench_single(srv: Server, *, concurrency: int, duration: float) -> dict[str, Any]:
+def _maybe_profiled(srv: Server, name: str, on: bool) -> Any:
+    return profiled(srv, name) if on else contextlib.nullcontext({})
+
+
+def bench_single(srv: Server, *, concurrency: int, duration: float, profile: bool = False) -> dict[str, Any]:
     factory = EventFactory()
     headers = auth_headers(srv.token, json_body=True)
 
@@ -59,9 +66,10 @@ def bench_single(srv: Server, *, concurrency: int, duration: float) -> dict[str,
 
     log(f"single-event intake: {concurrency} connections for {duration:.0f} s")
     before = log_size(srv)
-    with CpuMeter(srv, srv.dbname) as cpu:
+    with _maybe_profiled(srv, f"single{concurrency}", profile) as prof, CpuMeter(srv, srv.dbname) as cpu:
         res = run_load(srv.port, make, concurrency=concurrency, duration=duration, warmup=1)
     out = {
+        "profile": prof,
         "concurrency": concurrency,
         "event_bytes": factory.size,
         **res.summary(),
@@ -79,7 +87,7 @@ def bench_single(srv: Server, *, concurrency: int, duration: float) -> dict[str,
     return out
 
 
-def bench_batch(srv: Server, *, batch: int, concurrency: int, duration: float) -> dict[str, Any]:
+def bench_batch(srv: Server, *, batch: int, concurrency: int, duration: float, profile: bool = False) -> dict[str, Any]:
     factory = EventFactory()
     headers = auth_headers(srv.token, json_body=True)
     # Bodies are made ahead of time (they are large); a body is reused only after every other one,
@@ -99,9 +107,10 @@ def bench_batch(srv: Server, *, batch: int, concurrency: int, duration: float) -
 
     log(f"batch intake: {batch} events/request, {concurrency} clients for {duration:.0f} s")
     before = log_size(srv)
-    with CpuMeter(srv, srv.dbname) as cpu:
+    with _maybe_profiled(srv, f"batch{batch}", profile) as prof, CpuMeter(srv, srv.dbname) as cpu:
         res = run_load(srv.port, make, concurrency=concurrency, duration=duration, check=batch_successes, warmup=1)
     out = {
+        "profile": prof,
         "batch": batch,
         "concurrency": concurrency,
         "event_bytes": factory.size,
@@ -128,10 +137,15 @@ def run(
     batch: int = 500,
     batch_clients: int = 4,
     batches: bool = True,
+    profile: bool = False,
 ) -> dict[str, Any]:
     duration = duration or (10.0 if quick else 30.0)
-    singles = [bench_single(srv, concurrency=c, duration=duration) for c in (concurrency or [16, 32])]
-    batched = bench_batch(srv, batch=batch, concurrency=batch_clients, duration=duration) if batches else None
+    singles = [bench_single(srv, concurrency=c, duration=duration, profile=profile) for c in (concurrency or [16, 32])]
+    batched = (
+        bench_batch(srv, batch=batch, concurrency=batch_clients, duration=duration, profile=profile)
+        if batches
+        else None
+    )
     best = max(singles, key=lambda r: r["events_per_s"])
     mem = srv.memory()
     log(
@@ -199,7 +213,10 @@ def print_summary(r: dict[str, Any]) -> None:
             f"[{workers}] MB = {m['gunicorn_total_rss_mb']:.0f} MB "
             f"(PSS {m['gunicorn_total_pss_mb']:.0f} MB)"
         )
-    print(f"  targets: single >= {SINGLE_TARGET:,}/s, batch >= {BATCH_TARGET:,}/s")
+    print(f"  targets: single >= {SINGLE_TARGET:,}/s and p99 <= 50 ms at 16 conns, batch >= {BATCH_TARGET:,}/s")
+    for x in [*r["single"], *([b] if b else [])]:
+        label = f"single, {x['concurrency']} conns" if "batch" not in x else f"batch {x['batch']}"
+        print_profile(label, x.get("profile") or {})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -211,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-clients", type=int, default=4, help="concurrent batch clients")
     p.add_argument("--sqlite", action="store_true", help="the server on a SQLite file instead of PostgreSQL")
     p.add_argument("--no-batch", action="store_true", help="single-event intake only")
+    p.add_argument("--profile", action="store_true", help="py-spy every worker during each measurement")
     add_server_env(p)
     a = p.parse_args(argv)
     remember_start()
@@ -223,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
             batch=a.batch,
             batch_clients=a.batch_clients,
             batches=not a.no_batch,
+            profile=a.profile,
         )
     print_summary(r)
     write_results("intake", {"command": " ".join(["python", *sys.argv]), "intake": r})
