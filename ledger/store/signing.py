@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from sqlalchemy import select
 from sqlmodel import Session, col
@@ -37,7 +37,7 @@ class Checkpoints:
     db: Database
     clock: Callable[[], datetime]
     _signer: NoteSigner | SignerSource
-    _sign_cached: Any
+    _sign_cached: Callable[[NoteSigner, int, bytes], str]
 
     # --- checkpoints ---------------------------------------------------------------------------
 
