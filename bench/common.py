@@ -855,10 +855,16 @@ def run_paced(
 
 
 @contextmanager
-def profiled(srv: Server, name: str, *, rate: int = 100) -> Iterator[dict[str, Any]]:
+def profiled(srv: Server, name: str, *, rate: int = 100, gil: bool | None = None) -> Iterator[dict[str, Any]]:
     """Samples every gunicorn worker with py-spy (`.venv/bin/pip install py-spy`) while the body
     runs; afterwards the yielded dict holds the top frames (`summarise_profile`) and the paths of
-    the collapsed stacks (bench/results/profile-<name>-<pid>.txt, loadable in speedscope)."""
+    the collapsed stacks (bench/results/profile-<name>-<pid>.txt, loadable in speedscope).
+
+    With `gil` (default: BENCH_PROFILE_GIL=1 in the environment) only the thread holding the GIL
+    is sampled: where the workers' Python CPU goes. Without it every thread not idle is sampled,
+    which counts threads waiting on PostgreSQL (psycopg `Connection.wait`): where wall time goes."""
+    if gil is None:
+        gil = os.environ.get("BENCH_PROFILE_GIL", "1") == "1"
     exe = Path(sys.executable).parent / "py-spy"
     out: dict[str, Any] = {}
     if not exe.exists():
@@ -868,8 +874,10 @@ def profiled(srv: Server, name: str, *, rate: int = 100) -> Iterator[dict[str, A
     RESULTS_DIR.mkdir(exist_ok=True)
     procs = []
     for pid in srv.pids()["workers"]:
-        path = RESULTS_DIR / f"profile-{name}-{pid}.txt"
+        path = RESULTS_DIR / f"profile-{name}{'-gil' if gil else ''}-{pid}.txt"
         cmd = [str(exe), "record", "-r", str(rate), "-f", "raw", "-o", str(path), "--pid", str(pid)]
+        if gil:
+            cmd.append("--gil")
         procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), path))
     time.sleep(0.5)
     try:

@@ -200,6 +200,14 @@ def main(argv: list[str] | None = None) -> None:
             ),
             ("lag: /readyz entries p99", "-", (lg.get("lag_entries_max_over_consumers") or {}).get("p99"), "", "", cmd),
             ("lag: achieved intake rate", "1,000/s", lg.get("achieved_events_per_s"), "/s", "", cmd),
+            (
+                "lag: measured at the target rate?",
+                "-",
+                (lg.get("achieved_events_per_s") or 0) >= 950,
+                "",
+                "rate",
+                cmd,
+            ),
         ]
     if er:
         cmd = f"python bench/erasure.py --entries {er['entries']}"
@@ -264,6 +272,8 @@ def main(argv: list[str] | None = None) -> None:
         ]
 
     def status(v: Any, rule: str) -> str:
+        if rule == "rate":  # the lag target holds only at the stated rate
+            return "" if v else "NOT AT RATE"
         if not rule or not isinstance(v, int | float):
             return ""
         if rule.startswith(">="):
