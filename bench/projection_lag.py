@@ -170,7 +170,9 @@ def run(
     achieved = res.items / res.wall_s if res.wall_s else 0
     out["achieved_events_per_s"] = round(achieved, 1)
     le = out["lag_entries_max_over_consumers"]
-    out["lag_seconds_from_entries"] = {k: round(le[k] / rate, 3) for k in ("p50", "p99", "max")} if le else {}
+    # Entries behind, divided by the rate the intake achieved: seconds of intake not yet applied.
+    per_s = achieved or rate
+    out["lag_seconds_from_entries"] = {k: round(le[k] / per_s, 3) for k in ("p50", "p99", "max")} if le else {}
     out["visible_p99_s"] = round(out["receipt_to_visible"].get("p99_ms", 0) / 1000, 3) if visible else None
     log(
         f"  achieved {achieved:,.0f} events/s; receipt->visible p50 {out['receipt_to_visible'].get('p50_ms')} ms "
@@ -201,11 +203,18 @@ def print_summary(r: dict[str, Any]) -> None:
         s = r["lag_seconds_from_entries"]
         print(
             f"  /readyz projection_lag (max over consumers), entries: p50 {le['p50']}, p99 {le['p99']}, "
-            f"max {le['max']} ({le['samples']} samples) = {s['p50']} / {s['p99']} / {s['max']} s of intake"
+            f"max {le['max']} ({le['samples']} samples) = {s['p50']} / {s['p99']} / {s['max']} s of intake at the "
+            "achieved rate"
         )
         for k, c in r["lag_entries_per_consumer"].items():
             print(f"    {k:<16} p50 {c['p50']:>6} p99 {c['p99']:>6} max {c['max']:>6}")
-    print(f"  target: p99 <= {TARGET_P99_S} s (receipt -> visible)")
+    print(f"  target: p99 <= {TARGET_P99_S} s (receipt -> visible) at {r['rate_target']:,.0f} events/s")
+    if r["achieved_events_per_s"] < 0.95 * r["rate_target"]:
+        print(
+            f"  NOTE: the intake did not keep {r['rate_target']:,.0f}/s "
+            f"(achieved {r['achieved_events_per_s']:,.0f}/s): "
+            "the lag is measured at the achieved rate, not at the target's"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
