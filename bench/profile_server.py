@@ -6,11 +6,12 @@ projected before anything is sampled):
 - proofs: `GET /api/v1/log/proof/inclusion` from 1 connection, back to back, `--seconds` s;
 - single: `POST /api/v1/lineage` from 16 keep-alive connections (closed loop), `--seconds` s;
 - batch: `POST /api/v1/lineage/batch` (500 events) from 4 clients, `--seconds` s;
+- verify: `ledger verify --url` three times over the whole log;
 - erasure: `POST /api/v1/log/entries/<seq>/erasure` with 16 connections of single-event intake
   (erasure.py's load), sampled from start to end of the erasure.
 Collapsed stacks go to bench/results/profile-<section>-<pid>.txt (speedscope reads them).
 
-    python bench/profile_server.py [--entries 100000] [--seconds 15] [--only proofs,single,batch,erasure]
+    python bench/profile_server.py [--entries 100000] [--seconds 15] [--only proofs,single,batch,verify,erasure]
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--entries", type=int, default=100_000)
     p.add_argument("--seconds", type=float, default=15.0)
-    p.add_argument("--only", default="proofs,single,batch,erasure")
+    p.add_argument("--only", default="proofs,single,batch,verify,erasure")
     p.add_argument("--server-env", action="append")
     a = p.parse_args(argv)
     only = set(a.only.split(","))
@@ -91,12 +92,34 @@ def main(argv: list[str] | None = None) -> None:
                 )
             out["batch"] = {**res.summary(), "profile": prof}
             out["batch_projections_after"] = wait_projections(srv, timeout=300)
+        if "verify" in only:
+            import verify
+
+            log("profiling ledger verify --url (3 runs)")
+            with profiled(srv, "verify") as prof:
+                runs = [verify.verify_once(srv) for _ in range(3)]
+            # The verifier itself, under py-spy (GIL holder), once.
+            import subprocess
+            from pathlib import Path
+
+            from common import RESULTS_DIR, summarise_profile
+
+            vpath = RESULTS_DIR / "profile-verifier-gil.txt"
+            exe = Path(sys.executable).parent
+            cmd = [str(exe / "py-spy"), "record", "--gil", "-r", "200", "-f", "raw", "-o", str(vpath), "--"]
+            cmd += [str(exe / "ledger"), "verify", "--url", srv.url, "--key", srv.vkey, "--token", srv.token]
+            subprocess.run(cmd, capture_output=True, check=False, timeout=600)
+            out["verify"] = {
+                "runs": [r.get("entries_per_s") for r in runs],
+                "profile": prof,
+                "verifier_profile": summarise_profile([vpath]) if vpath.exists() else {},
+            }
         if "erasure" in only:
             log("profiling an erasure under single-event load")
             with profiled(srv, "erasure") as prof:
                 r = erasure.run(srv, before=2.0, after=1.0)
             out["erasure"] = {**r, "profile": prof}
-    for name in ("proofs", "single", "batch", "erasure"):
+    for name in ("proofs", "single", "batch", "verify", "erasure"):
         if name in out:
             x = out[name]
             lat = x.get("latency") or x.get("during") or {}
@@ -106,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
                 + (f", {rate:,.0f}/s" if rate else "")
             )
             print_profile(name, x["profile"])
+            if x.get("verifier_profile"):
+                print_profile("verify (the verifier process)", x["verifier_profile"])
     write_results("profile_server", {"command": " ".join(["python", *sys.argv]), "profile_server": out})
 
 
