@@ -924,15 +924,22 @@ def summarise_profile(paths: list[Path], top: int = 25) -> dict[str, Any]:
     def pct(d: dict[str, int]) -> list[tuple[float, str]]:
         return [(round(100 * v / max(1, busy), 1), k) for k, v in sorted(d.items(), key=lambda x: -x[1])[:top]]
 
-    return {"busy_samples": busy, "idle_samples": idle, "inclusive": pct(incl), "self": pct(selfc)}
+    ours = {k: v for k, v in incl.items() if "(ledger/" in k or k.startswith("Connection.wait (psycopg")}
+    return {
+        "busy_samples": busy,
+        "idle_samples": idle,
+        "inclusive": pct(incl),
+        "inclusive_ledger": pct(ours),  # frames of ledger/ (and psycopg's wait for the server)
+        "self": pct(selfc),
+    }
 
 
 def print_profile(title: str, prof: dict[str, Any], top: int = 25) -> None:
     if not prof.get("busy_samples"):
         return
     print(f"\n  profile of the workers during {title} (py-spy, {prof['busy_samples']} busy samples; idle left out)")
-    print("    inclusive:")
-    for p, k in prof["inclusive"][:top]:
+    print("    inclusive, frames of ledger/ (and psycopg waiting on PostgreSQL):")
+    for p, k in prof.get("inclusive_ledger", prof["inclusive"])[:top]:
         print(f"      {p:5.1f}%  {k}")
     print("    self:")
     for p, k in prof["self"][:15]:
