@@ -22,6 +22,7 @@ from ledger.errors import ConflictError, NotFoundError, PolicyDeniedError, Unpro
 from ledger.governance.models import ModelVersion, PromotionDecision
 from ledger.governance.projection import find_version, require_version
 from ledger.governance.provenance import input_subjects, promotion_input, provenance_report
+from ledger.lineage.events import LINEAGE_KINDS
 from ledger.lineage.models import Run
 from ledger.policy.engine import PolicyEngine, PolicyResult
 from ledger.security.principals import AuthenticatedPrincipal
@@ -58,6 +59,7 @@ def _subject(name: str, version: str) -> str:
 
 
 MAX_ATTEMPTS = 5
+MAX_SUBJECTS = 20_000  # bound parameters of the precondition (SQLite allows 32,766 in a statement)
 # Entries that change any promotion's or deployment's input, whatever they are about.
 GLOBAL_INPUTS = frozenset({"dataset.classification", "payload.erasure", "access.decision"})
 
@@ -204,8 +206,12 @@ class GovernanceService:
                     "state_size": w,
                 },
             )
-            inputs = Clause(subjects=frozenset({subject, *input_subjects(doc)}))
-            return entry, Unless(w, (inputs, Clause(kinds=GLOBAL_INPUTS)))
+            subjects = frozenset({subject, *input_subjects(doc)})
+            if len(subjects) > MAX_SUBJECTS:  # past what one statement may bind: any lineage entry counts
+                inputs = (Clause(subjects=frozenset({subject})), Clause(kinds=LINEAGE_KINDS))
+            else:
+                inputs = (Clause(subjects=subjects),)
+            return entry, Unless(w, (*inputs, Clause(kinds=GLOBAL_INPUTS)))
 
         payload, receipt = self._decide(decide)
         decision = {
