@@ -38,7 +38,8 @@ def wait_for_projections() -> None:
         projector.sync_to_head(timeout=READ_WAIT_SECONDS)
         return
     seq = int_value(field, raw, what="query parameter" if field == "min_seq" else "header", maximum=2**62)
-    size = projector.head()
+    size, applied = projector.positions()
     if seq >= size:  # a receipt is given only after its entry commits: no client waits for one
         raise InvalidRequestError(f"entry {seq} is not in the log (its size is {size})", field=field)
-    projector.sync(seq + 1, timeout=READ_WAIT_SECONDS)
+    if applied <= seq:
+        projector.sync(seq + 1, timeout=READ_WAIT_SECONDS)

@@ -127,18 +127,21 @@ class Projector:
         return low
 
     def lag(self) -> dict[str, int]:
-        """Entries each consumer is behind the log head."""
+        """Entries each consumer is behind the log head (one read, no lock)."""
         with self.db.read() as s:
             head = tree_size(s)
             return {n: max(0, head - m) for n, m in self.watermarks(s).items()}
+
+    def positions(self) -> tuple[int, int]:
+        """The log's size and the size every consumer has applied, read together."""
+        with self.db.read() as s:
+            return tree_size(s), self.applied(s)
 
     # --- applying --------------------------------------------------------------------------------
 
     def pending(self) -> bool:
         """True when some projection or follower is behind the log (a read: no lock)."""
-        with self.db.read() as s:
-            head = tree_size(s)
-            return any(m < head for m in self.watermarks(s).values())
+        return any(self.lag().values())
 
     def step(self) -> bool:
         """Applies one batch if any is pending and the projector lock is free; True if it did work."""
@@ -151,14 +154,11 @@ class Projector:
                 return False
             marks = self.watermarks(session)
             head = tree_size(session)
-            behind = {n: m for n, m in marks.items() if m < head and n in {p.name for p in self.projections}}
-            if not behind:
-                entries, start, end = [], 0, 0
-            else:
+            behind = {p.name: marks[p.name] for p in self.projections if marks[p.name] < head}
+            if behind:
                 start = min(behind.values())
-                end = min(head, start + self.batch)
-                entries = _read(session, start, end)
-                end = self._cut(entries, end)
+                entries = _read(session, start, min(head, start + self.batch))
+                end = self._cut(entries, min(head, start + self.batch))
                 entries = [(h, pl) for h, pl in entries if h.seq < end]
                 if not self.db.is_sqlite:
                     _sync_ids(session, self._tables)
@@ -192,7 +192,7 @@ class Projector:
                 if mark >= target:
                     continue
                 end = min(target, mark + self.batch)
-                entries = [(h, p) for h, p in _read(s, mark, end, kinds=f.kinds)]
+                entries = _read(s, mark, end, kinds=f.kinds)
             f.consume(entries)
             with self.db.projecting() as session:
                 if session is None:
@@ -219,14 +219,11 @@ class Projector:
                 time.sleep(delay)  # another applier holds the lock, or the entry is not appended yet
                 delay = min(delay * 2, 0.05)
 
-    def head(self) -> int:
-        """The log's size now."""
-        with self.db.read() as s:
-            return tree_size(s)
-
     def sync_to_head(self, *, timeout: float = 10.0) -> int:
-        """Applies every entry the log held when called; returns the applied size."""
-        return self.sync(self.head(), timeout=timeout)
+        """Applies every entry the log held when called; returns the applied size. When nothing is
+        behind (the common case of a read) this costs one read transaction."""
+        head, applied = self.positions()
+        return applied if applied >= head else self.sync(head, timeout=timeout)
 
     # --- rebuilding ------------------------------------------------------------------------------
 
