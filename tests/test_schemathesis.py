@@ -9,6 +9,7 @@ nothing. Each operation is a subtest of the test for its database, and fails on 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -35,14 +36,19 @@ ROLES = ["admin", "pipeline", "security", "auditor", "approver"]
 FUZZ = hypothesis_settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
 
-def _served(tmp: Path, database_url: str) -> tuple[schemathesis.BaseSchema, str]:
-    """The app on a freshly initialised log, its OpenAPI schema, and a token holding every role."""
+@contextmanager
+def _served(tmp: Path, database_url: str) -> Iterator[tuple[schemathesis.BaseSchema, str]]:
+    """The app on a freshly initialised log, its OpenAPI schema, and a token holding every role; the
+    runtime (and its background projection applier) is closed afterwards."""
     settings = make_settings(tmp, database_url)
     policy = shared_policy(settings.policy_dir)
     initialise(settings, policy=policy)
     rt = build_runtime(settings, policy=policy)
-    _, token = rt.principals.create("fuzzer", roles=ROLES)
-    return schemathesis.openapi.from_wsgi("/api/v1/openapi.json", create_app(runtime=rt)), token
+    try:
+        _, token = rt.principals.create("fuzzer", roles=ROLES)
+        yield schemathesis.openapi.from_wsgi("/api/v1/openapi.json", create_app(runtime=rt)), token
+    finally:
+        rt.close()
 
 
 @pytest.fixture(autouse=True)
@@ -54,16 +60,18 @@ def _node_id_for_schemathesis(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(scope="module")
-def sqlite_served(tmp_path_factory: pytest.TempPathFactory) -> tuple[schemathesis.BaseSchema, str]:
+def sqlite_served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[schemathesis.BaseSchema, str]]:
     tmp = tmp_path_factory.mktemp("schemathesis-sqlite")
-    return _served(tmp, f"sqlite:///{tmp / 'ledger.db'}")
+    with _served(tmp, f"sqlite:///{tmp / 'ledger.db'}") as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
 def pg_served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[schemathesis.BaseSchema, str]]:
     url = new_pg_database()  # skips, or fails where PostgreSQL is required, without PostgreSQL
     try:
-        yield _served(tmp_path_factory.mktemp("schemathesis-postgres"), url)
+        with _served(tmp_path_factory.mktemp("schemathesis-postgres"), url) as served:
+            yield served
     finally:
         drop_pg_database(url)
 
