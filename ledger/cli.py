@@ -104,14 +104,14 @@ def init() -> None:
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256), help="threads per worker")
 def serve(host: str, port: int, workers: int, threads: int) -> None:
-    """Run the service under gunicorn (runs `init` first when needed)."""
+    """Run the service under granian (runs `init` first when needed)."""
     import subprocess
 
     from ledger.server import child_command, run_server
 
     s = _settings()
     _require_free_port(host, port)
-    # Initialise in a child process: the gunicorn master then never imports the application (its
+    # Initialise in a child process: the server's master then never imports the application (its
     # memory stays small, and it holds no database connection for the workers to inherit).
     boot = subprocess.run(child_command("ledger.cli", "bootstrap"), check=False)  # noqa: S603 (our own module)
     if boot.returncode != 0:
@@ -120,7 +120,7 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
 
 
 def _require_free_port(host: str, port: int) -> None:
-    """Fail in one line when the address is taken, before gunicorn retries it for seconds."""
+    """Fail in one line when the address is taken, before the server tries to bind it."""
     import errno
     import socket
 
@@ -130,7 +130,7 @@ def _require_free_port(host: str, port: int) -> None:
         raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
     family, kind, proto, _, addr = infos[0]
     with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
         try:
             probe.bind(addr)
         except OSError as e:

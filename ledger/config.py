@@ -105,6 +105,9 @@ class Settings:
     event_time_min: datetime = DEFAULT_EVENT_TIME_WINDOW.earliest
     event_time_max_ahead_seconds: int = int(DEFAULT_EVENT_TIME_WINDOW.max_ahead.total_seconds())
     run_scheduler: bool = True
+    # Slow clients (ledger.server): the time to read a request's headers, and its body.
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
     # Purposes for which data carrying each sensitive tag may be read (policies/access.rego).
     allowed_purposes: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_PURPOSES))
 
@@ -136,6 +139,8 @@ class Settings:
                 0,
             ),
             run_scheduler=e.get("LEDGER_SCHEDULER", "1") not in ("0", "false", "no"),
+            header_timeout_seconds=_float_env(e, "LEDGER_HEADER_TIMEOUT_SECONDS", 10.0, 0.001),
+            body_timeout_seconds=_float_env(e, "LEDGER_BODY_TIMEOUT_SECONDS", 30.0, 0.1),
             allowed_purposes=_purposes(e.get("LEDGER_ACCESS_PURPOSES")),
         )
 

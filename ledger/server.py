@@ -1,14 +1,38 @@
-"""`ledger serve`: gunicorn with the app built in each worker and the scheduler in the master."""
+"""`ledger serve`: granian (a Rust HTTP server) in front, our Flask app behind it in each worker.
+
+Why not gunicorn (the stack's default): its gthread worker reads a request's headers and body on one
+of the worker's threads, so 64 sockets that trickle a header line every few seconds take every
+thread, and the service answers no one (the "slowloris" of the security issue). granian reads
+requests on an async Rust runtime (hyper) with a header read timeout; a slow client holds a small
+task, not a thread. It also respawns a worker that dies.
+
+The app runs under granian's ASGI interface through `a2wsgi`, not its WSGI one: granian's WSGI
+environ carries only the percent-decoded path, so `a%2Fb` and `a/b` (names in paths, DESIGN.md 8)
+could not be told apart, while ASGI's `raw_path` keeps the request target. Before the app's thread
+sees a request, `BufferedBody` reads the whole body on the event loop, within a size cap and a time
+budget: a client that trickles its body holds no thread either.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from gunicorn.app.base import BaseApplication
-
 from ledger.config import Settings
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# The numbers the workers need from `ledger serve`'s options (the workers are forked, so they see it).
+_THREADS_ENV = "LEDGER_SERVE_THREADS"
 
 
 def child_command(module: str, *args: str) -> list[str]:
@@ -21,33 +45,100 @@ def child_command(module: str, *args: str) -> list[str]:
     return [sys.executable, "-P", "-m", module, *args]
 
 
-class LedgerServer(BaseApplication):  # type: ignore[misc]
-    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
-        self.settings = settings
-        self.options = options
-        super().__init__()
+class BufferedBody:
+    """Reads a request's whole body on the event loop before the app is called.
 
-    def load_config(self) -> None:
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
+    Bounded: at most `max_bytes` (413 past it, as the app would answer) and `seconds` from the first
+    byte of the body to the last (408 past it). The app then reads from memory, on its thread.
+    """
 
-    def load(self) -> Any:
-        from ledger.app import create_app
+    def __init__(self, app: AsgiApp, *, max_bytes: int, seconds: float) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.seconds = seconds
 
-        return create_app(self.settings)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            chunks = await asyncio.wait_for(self._read(receive), timeout=self.seconds)
+        except TimeoutError:
+            detail = f"the request body took longer than {self.seconds:g} s to arrive"
+            await _problem(send, 408, "Request Timeout", detail)
+            return
+        except _TooLargeError:
+            detail = f"request body is larger than LEDGER_MAX_BODY_BYTES ({self.max_bytes} bytes)"
+            await _problem(send, 413, "Payload Too Large", detail)
+            return
+        if chunks is None:  # the client went away
+            return
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: only http.disconnect
+
+        await self.app(scope, replay, send)
+
+    async def _read(self, receive: Receive) -> list[bytes] | None:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise _TooLargeError
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks
+
+
+class _TooLargeError(Exception):
+    """The body passed the size cap."""
+
+
+async def _problem(send: Send, status: int, title: str, detail: str) -> None:
+    body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail}).encode()
+    headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": [*headers, (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def asgi_app() -> AsgiApp:
+    """granian's factory, called in each worker: the Flask app behind a2wsgi behind `BufferedBody`."""
+    from a2wsgi import WSGIMiddleware
+
+    from ledger.app import create_app
+
+    settings = Settings.from_env()
+    threads = int(os.environ.get(_THREADS_ENV, "8"))
+    wsgi = WSGIMiddleware(create_app(settings), workers=threads)  # type: ignore[arg-type]
+    return BufferedBody(wsgi, max_bytes=settings.max_body_bytes, seconds=settings.body_timeout_seconds)  # type: ignore[arg-type]
 
 
 def run_server(settings: Settings, *, host: str, port: int, workers: int, threads: int) -> None:
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces
+    from granian.http import HTTP1Settings
+
     scheduler: list[subprocess.Popen[bytes]] = []
 
-    def when_ready(_server: Any) -> None:
-        # One scheduler per host, as a process of its own: the master itself must hold no database
+    def start_scheduler() -> None:
+        # One scheduler per host, as a process of its own: the master itself holds no database
         # connection, since every worker it forks would inherit it (fatal for SQLite's locks). The
         # job's lease row then makes it one run per deployment.
         if settings.run_scheduler:
             scheduler.append(subprocess.Popen(child_command("ledger.jobs")))  # noqa: S603 (our own module)
 
-    def on_exit(_server: Any) -> None:
+    def stop_scheduler() -> None:
         for proc in scheduler:
             proc.terminate()
             try:
@@ -55,17 +146,22 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int, thread
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    LedgerServer(
-        settings,
-        {
-            "bind": f"{host}:{port}",
-            "workers": workers,
-            "threads": threads,
-            "worker_class": "gthread" if threads > 1 else "sync",
-            "when_ready": when_ready,
-            "on_exit": on_exit,
-            "accesslog": None,
-            "timeout": 120,
-            "keepalive": 5,
-        },
-    ).run()
+    os.environ[_THREADS_ENV] = str(threads)
+    server = Granian(
+        "ledger.server:asgi_app",
+        address=host,
+        port=port,
+        interface=Interfaces.ASGINL,
+        factory=True,
+        workers=workers,
+        http=HTTPModes.http1,
+        websockets=False,
+        http1_settings=HTTP1Settings(header_read_timeout=int(settings.header_timeout_seconds * 1000)),
+        respawn_failed_workers=True,
+        respawn_interval=0.5,
+        workers_kill_timeout=10,
+        log_access=False,
+    )
+    server.on_startup(start_scheduler)
+    server.on_shutdown(stop_scheduler)
+    server.serve()

@@ -4,8 +4,9 @@ segment, URL-encoded, `/` as `%2F`, as Marquez does.
 WSGI servers percent-decode the request path into PATH_INFO before any routing, so `a%2Fb` and
 `a/b` arrive alike, and Werkzeug's map would merge `//` and redirect. The one fix lives here:
 
-- `RawPathMiddleware` rebuilds PATH_INFO from the raw request target (gunicorn's `RAW_URI`,
-  Werkzeug's `REQUEST_URI`/`RAW_URI`), decoding each segment on its own and escaping, inside a
+- `RawPathMiddleware` rebuilds PATH_INFO from the raw request target (the ASGI scope's `raw_path`
+  under `ledger serve`, gunicorn's `RAW_URI`, Werkzeug's `REQUEST_URI`/`RAW_URI`), decoding each
+  segment on its own and escaping, inside a
   segment, only `%` (as `%25`) and `/` (as `%2F`). Invariant: in PATH_INFO, `%` appears only in those
   two escapes, so one `unquote` gives a segment back exactly;
 - `NameConverter` (`<name:x>` in a route) matches one such segment and unquotes it;
@@ -60,9 +61,16 @@ class RawPathMiddleware:
         self.app = app
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or ""
+        raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or _asgi_raw_path(environ)
         environ["PATH_INFO"] = path_info_from_raw(raw, environ.get("SCRIPT_NAME", ""), environ.get("PATH_INFO", ""))
         return self.app(environ, start_response)
+
+
+def _asgi_raw_path(environ: dict[str, Any]) -> str:
+    """The request target under an ASGI server through a2wsgi (`ledger serve`): the scope's `raw_path`."""
+    scope = environ.get("asgi.scope")
+    raw = scope.get("raw_path") if isinstance(scope, dict) else None
+    return raw.decode("latin-1") if isinstance(raw, bytes) else ""
 
 
 class NameConverter(BaseConverter):
