@@ -334,7 +334,7 @@ class Server:
         return {"master": master, "workers": [p for p in kids if p not in sched], "scheduler": sched}
 
     def memory(self) -> dict[str, Any]:
-        """VmRSS (and peak VmHWM) of the gunicorn master and each worker, and their sum, in MB."""
+        """VmRSS (and peak VmHWM) of the server (granian) master and each worker, and their sum, in MB."""
         pids = self.pids()
 
         def mb(pid: int) -> dict[str, float]:
@@ -352,8 +352,8 @@ class Server:
         return {
             "master": master,
             "workers": workers,
-            "gunicorn_total_rss_mb": round(total, 1),
-            "gunicorn_total_pss_mb": round(master["pss_mb"] + sum(w["pss_mb"] for w in workers), 1),
+            "server_total_rss_mb": round(total, 1),
+            "server_total_pss_mb": round(master["pss_mb"] + sum(w["pss_mb"] for w in workers), 1),
             "scheduler": sched,
             "total_with_scheduler_rss_mb": round(total + sum(s["rss_mb"] for s in sched), 1),
         }
@@ -856,7 +856,7 @@ def run_paced(
 
 @contextmanager
 def profiled(srv: Server, name: str, *, rate: int = 100, gil: bool | None = None) -> Iterator[dict[str, Any]]:
-    """Samples every gunicorn worker with py-spy (`.venv/bin/pip install py-spy`) while the body
+    """Samples every server worker with py-spy (`.venv/bin/pip install py-spy`) while the body
     runs; afterwards the yielded dict holds the top frames (`summarise_profile`) and the paths of
     the collapsed stacks (bench/results/profile-<name>-<pid>.txt, loadable in speedscope).
 

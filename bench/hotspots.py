@@ -24,7 +24,7 @@ Sections
 - export: server side of `ledger verify --url`: `export_lines` rows/s on PostgreSQL, vs the client
   side: `check_line` + `CompactRange.append` lines/s.
 - imports: RSS of a fresh interpreter after importing each dependency in turn and after
-  `create_app` (what each gunicorn process pays before serving anything).
+  `create_app` (what each server worker pays before serving anything).
 
     python bench/hotspots.py [--entries 20000] [--only jcs,receipts,proof_read,inserts,statements,export,imports]
 """
@@ -464,7 +464,7 @@ _RSS = "next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswit
 
 
 def bench_imports() -> dict[str, Any]:
-    """RSS of a process that imports `ledger.app` and calls `create_app` (each gunicorn worker, and
+    """RSS of a process that imports `ledger.app` and calls `create_app` (each server worker, and
     the master, which runs `initialise` before forking); then, for each heavy package the app pulls
     in, the RSS a bare interpreter gains by importing only that package (shared dependencies are
     counted in each, so the column does not add up)."""

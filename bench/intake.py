@@ -5,7 +5,7 @@ What it measures
   output, facets with `_producer`/`_schemaURL`, a fresh runId each, so no request is a duplicate),
   from N concurrent keep-alive connections (one thread each, raw-socket HTTP/1.1 client that sends
   pre-serialised bodies) for a fixed duration. Reports events/s (201s only), latency p50/p90/p99,
-  and CPU (in cores) of the client, the gunicorn processes and our database's PostgreSQL backends,
+  and CPU (in cores) of the client, the server processes and our database's PostgreSQL backends,
   so one can see whether the client or the server is the bottleneck.
 - batch: `POST /api/v1/lineage/batch`, `--batch` events per request (default 500), from a few
   concurrent clients for a fixed duration; events/s counts `summary.successful`.
@@ -149,8 +149,8 @@ def run(
     best = max(singles, key=lambda r: r["events_per_s"])
     mem = srv.memory()
     log(
-        f"server memory after intake: {mem['gunicorn_total_rss_mb']} MB RSS (master+workers), "
-        f"PSS {mem['gunicorn_total_pss_mb']} MB"
+        f"server memory after intake: {mem['server_total_rss_mb']} MB RSS (master+workers), "
+        f"PSS {mem['server_total_pss_mb']} MB"
     )
     at16 = next((x for x in singles if x["concurrency"] == 16), best)
     return {
@@ -202,7 +202,7 @@ def print_summary(r: dict[str, Any]) -> None:
                 f"caught up in {pa['seconds']} s ({pa['entries_per_s'] or 0:,.0f}/s)"
             )
     print(
-        "  (cpu columns in cores: load client, gunicorn master+workers, our PostgreSQL backends, whole machine;"
+        "  (cpu columns in cores: load client, server master+workers, our PostgreSQL backends, whole machine;"
         " batch latencies are per request)"
     )
     m = r.get("memory_after")
@@ -210,8 +210,8 @@ def print_summary(r: dict[str, Any]) -> None:
         workers = ", ".join(f"{w['rss_mb']:.0f}" for w in m["workers"])
         print(
             f"  server RSS after intake: master {m['master']['rss_mb']:.0f} MB + workers "
-            f"[{workers}] MB = {m['gunicorn_total_rss_mb']:.0f} MB "
-            f"(PSS {m['gunicorn_total_pss_mb']:.0f} MB)"
+            f"[{workers}] MB = {m['server_total_rss_mb']:.0f} MB "
+            f"(PSS {m['server_total_pss_mb']:.0f} MB)"
         )
     print(f"  targets: single >= {SINGLE_TARGET:,}/s and p99 <= 50 ms at 16 conns, batch >= {BATCH_TARGET:,}/s")
     for x in [*r["single"], *([b] if b else [])]:

@@ -1,4 +1,4 @@
-"""Where the server's time goes under each benchmark load: py-spy on every gunicorn worker
+"""Where the server's time goes under each benchmark load: py-spy on every server worker
 (`.venv/bin/pip install py-spy`), top frames printed, idle threads left out. One server, one fill.
 
 Sections (in this order, on one log of `--entries` entries, default 100,000, filled in-process and

@@ -8,7 +8,7 @@ What it measures
   checkpoint's root (RFC 9162 2.1.3.2), so a fast wrong answer would show.
 - in-process: `Ledger.inclusion_proof(seq, N)` timed in this process on the same database (no HTTP,
   no Flask), same random seqs.
-- memory: VmRSS (and peak VmHWM) from /proc/<pid>/status of the gunicorn master and each worker,
+- memory: VmRSS (and peak VmHWM) from /proc/<pid>/status of the server (granian) master and each worker,
   and their sum, after the proof load (the scheduler process is listed apart). Target: sum <= 300 MB.
 
 How the log is filled: `--fill direct` (default) appends the same ~1.3 KB RunEvents in-process
@@ -100,7 +100,7 @@ def bench_http(srv: Server, size: int, samples: int, concurrency: int) -> dict[s
             kept.append(body)
         return 1
 
-    # The floor of the HTTP stack (gunicorn, Flask, no auth, no database): GET /healthz; and one
+    # The floor of the HTTP stack (granian, Flask, no auth, no database): GET /healthz; and one
     # database session without the proof: GET /readyz.
     floors = {}
     for path in ("/healthz", "/readyz"):
@@ -164,7 +164,7 @@ def run(
     http = bench_http(srv, size, samples, concurrency=8)
     inproc = bench_inprocess(srv, size, samples)
     mem = srv.memory()
-    log(f"server memory after proof load: {mem['gunicorn_total_rss_mb']} MB (master+workers)")
+    log(f"server memory after proof load: {mem['server_total_rss_mb']} MB (master+workers)")
     return {
         "tree_size": size,
         "fill": fill_report,
@@ -176,7 +176,7 @@ def run(
         "http_p99_ms": http["sequential"]["latency"].get("p99_ms"),
         "inprocess_p50_ms": inproc["latency"]["p50_ms"],
         "inprocess_p99_ms": inproc["latency"]["p99_ms"],
-        "rss_total_mb": mem["gunicorn_total_rss_mb"],
+        "rss_total_mb": mem["server_total_rss_mb"],
     }
 
 
@@ -213,7 +213,7 @@ def print_summary(r: dict[str, Any]) -> None:
     sched = ", ".join(f"{s['rss_mb']:.0f}" for s in m["scheduler"])
     print(
         f"  RSS: master {m['master']['rss_mb']:.0f} MB + workers [{workers}] MB = "
-        f"{m['gunicorn_total_rss_mb']:.0f} MB (PSS {m['gunicorn_total_pss_mb']:.0f} MB; "
+        f"{m['server_total_rss_mb']:.0f} MB (PSS {m['server_total_pss_mb']:.0f} MB; "
         f"scheduler process apart: {sched} MB)"
     )
     print(f"  targets: p50 <= {P50_TARGET_MS} ms, RSS <= {RSS_TARGET_MB:.0f} MB")

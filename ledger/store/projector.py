@@ -33,7 +33,7 @@ from sqlmodel import Session, SQLModel, col
 from ledger.errors import UnavailableError
 from ledger.store.db import Database
 from ledger.store.models import EntryPayload, LogEntry, ProjectionWatermark
-from ledger.store.sequencer import header_from_row
+from ledger.store.sequencer import HEADER_COLUMNS, header_from_columns
 from ledger.store.tree import tree_size
 from ledger.tlog.entry import EntryHeader
 
@@ -97,11 +97,13 @@ class Projector:
         followers: Sequence[Follower] = (),
         *,
         batch: int = 2000,
+        coalesce: float = 0.01,
     ) -> None:
         self.db = db
         self.projections = list(projections)  # in dependency order: each may read those before it
         self.followers = list(followers)
         self.batch = batch
+        self.coalesce = coalesce  # seconds the background applier waits after a wake-up
         self._names = [p.name for p in self.projections] + [f.name for f in self.followers]
         self._tables = [t for p in self.projections for t in p.tables]
         self._wake = threading.Event()
@@ -290,7 +292,10 @@ class Projector:
                 except Exception:  # a failed batch rolls back whole; the next round retries it
                     log.exception("projection batch failed")
                     self._stop.wait(1.0)
-                self._wake.wait(poll)
+                if self._wake.wait(poll) and self.coalesce:
+                    # Woken by an append: let the appends of the next few milliseconds gather, so one
+                    # batch (a fixed cost of a few statements) carries many entries under load.
+                    self._stop.wait(self.coalesce)
                 self._wake.clear()
 
         self._thread = threading.Thread(target=run, name="ledger-projector", daemon=True)
@@ -306,15 +311,18 @@ class Projector:
 
 def _read(session: Session, start: int, end: int, *, kinds: frozenset[str] | None = None) -> Entries:
     """Entries [start, end) in seq order with their payloads (None once erased)."""
+    payloads = EntryPayload.__table__  # type: ignore[attr-defined]
+    seq = HEADER_COLUMNS[0]
     q = (
-        select(LogEntry, EntryPayload.payload)
-        .join(EntryPayload, col(EntryPayload.seq) == col(LogEntry.seq), isouter=True)
-        .where(col(LogEntry.seq) >= start, col(LogEntry.seq) < end)
-        .order_by(col(LogEntry.seq))
+        select(*HEADER_COLUMNS, payloads.c.payload)
+        .select_from(LogEntry.__table__.outerjoin(payloads, payloads.c.seq == seq))  # type: ignore[attr-defined]
+        .where(seq >= start, seq < end)
+        .order_by(seq)
     )
     if kinds is not None:
-        q = q.where(col(LogEntry.kind).in_(sorted(kinds)))
-    return [(header_from_row(e), json.loads(p) if p is not None else None) for e, p in session.execute(q).all()]
+        q = q.where(HEADER_COLUMNS[1].in_(sorted(kinds)))
+    loads = json.loads
+    return [(header_from_columns(r), loads(r[6]) if r[6] is not None else None) for r in session.execute(q)]
 
 
 def _set_mark(session: Session, name: str, size: int) -> None:

@@ -79,6 +79,18 @@ class TreeState:
         return TreeState(self.compact.copy(), dict(self.known))
 
 
+_T = LogEntry.__table__.c  # type: ignore[attr-defined]
+# The header's columns, in EntryHeader's order: reads that select them skip building ORM objects.
+HEADER_COLUMNS = (_T.seq, _T.kind, _T.subject, _T.integrated_time, _T.principal, _T.payload_digest)
+
+
+def header_from_columns(row: Sequence[Any]) -> EntryHeader:
+    """The header of a row that starts with HEADER_COLUMNS."""
+    return EntryHeader(
+        seq=row[0], kind=row[1], subject=row[2], integrated_time=row[3], principal=row[4], payload_digest=row[5]
+    )
+
+
 def header_from_row(row: LogEntry) -> EntryHeader:
     return EntryHeader(
         seq=row.seq,
@@ -203,9 +215,5 @@ class Sequencer:
     def _existing(session: Session, keys: list[str]) -> dict[str, AppendedEntry]:
         if not keys:
             return {}
-        rows = session.execute(select(LogEntry).where(LogEntry.dedup_key.in_(keys))).scalars()  # type: ignore[union-attr]
-        return {
-            r.dedup_key: AppendedEntry(header=header_from_row(r), leaf_hash=bytes(r.leaf_hash), payload=None)
-            for r in rows
-            if r.dedup_key
-        }
+        rows = session.execute(select(*HEADER_COLUMNS, _T.leaf_hash, _T.dedup_key).where(_T.dedup_key.in_(keys)))
+        return {r[7]: AppendedEntry(header=header_from_columns(r), leaf_hash=bytes(r[6]), payload=None) for r in rows}
