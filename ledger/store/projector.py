@@ -170,7 +170,10 @@ class Projector:
                         continue
                     p.apply(session, [(h, pl) for h, pl in entries if h.seq >= mark and h.kind in p.kinds])
                     _set_mark(session, p.name, end)
-        self._follow()  # (3) at once, before another batch can change what they see
+                recent = _Recent(start, end, head, entries)
+            else:
+                recent = None
+        self._follow(recent)  # (3) at once, before another batch can change what they see
         return True
 
     def _cut(self, entries: Entries, end: int) -> int:
@@ -183,8 +186,13 @@ class Projector:
             acted = acted or any(f.acts_on(h, p) for f in self.followers)
         return end
 
-    def _follow(self) -> bool:
-        """Runs the followers up to what the projections have applied (outside any lock)."""
+    def _follow(self, recent: _Recent | None = None) -> bool:
+        """Runs the followers up to what the projections have applied (outside any lock).
+
+        `recent` is the batch this process just applied: a follower whose entries lie within it
+        takes them from there instead of reading them again, unless a payload may have been erased
+        since that read (a `payload.erasure` entry at or past the size the read saw).
+        """
         did = False
         for f in self.followers:
             with self.db.read() as s:
@@ -194,7 +202,15 @@ class Projector:
                 if mark >= target:
                     continue
                 end = min(target, mark + self.batch)
-                entries = _read(s, mark, end, kinds=f.kinds)
+                if (
+                    recent is not None
+                    and recent.start <= mark
+                    and end <= recent.end
+                    and not _erased_since(s, recent.head)
+                ):
+                    entries = [(h, pl) for h, pl in recent.entries if mark <= h.seq < end and h.kind in f.kinds]
+                else:
+                    entries = _read(s, mark, end, kinds=f.kinds)
             f.consume(entries)
             with self.db.projecting() as session:
                 if session is None:
@@ -307,6 +323,22 @@ class Projector:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+
+
+@dataclass(frozen=True)
+class _Recent:
+    """A batch just applied: its entries [start, end), read when the log held `head` entries."""
+
+    start: int
+    end: int
+    head: int
+    entries: Entries
+
+
+def _erased_since(session: Session, size: int) -> bool:
+    """Whether a payload may have been erased after a read that saw `size` entries."""
+    seq, kind = HEADER_COLUMNS[0], HEADER_COLUMNS[1]
+    return session.execute(select(seq).where(kind == "payload.erasure", seq >= size).limit(1)).first() is not None
 
 
 def _read(session: Session, start: int, end: int, *, kinds: frozenset[str] | None = None) -> Entries:
