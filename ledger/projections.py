@@ -7,7 +7,8 @@ tables and replaying the log reproduces them exactly.
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from sqlalchemy import select, text
+from sqlmodel import Session, col
 
 from ledger.governance import models as governance_models
 from ledger.governance.projection import GOVERNANCE_KINDS, project_governance
@@ -17,7 +18,9 @@ from ledger.lineage.projection import project_lineage
 from ledger.security import models as security_models
 from ledger.security.classification import project_tags
 from ledger.store.ledger import Ledger, Receipt
+from ledger.store.models import LogEntry
 from ledger.store.projector import Projection, Projector
+from ledger.tlog.entry import EntryHeader
 
 LINEAGE = Projection(
     name="lineage",
@@ -68,12 +71,20 @@ def affected_by(kind: str) -> frozenset[str]:
     return frozenset().union(*(g for g in GROUPS if g & fed))
 
 
+def replayed_by_erasure(session: Session, header: EntryHeader) -> frozenset[str]:
+    """The projections a `payload.erasure` entry replays: those its erased entry's kind feeds."""
+    seq = int(header.subject.removeprefix("entry:"))
+    kind = session.execute(select(LogEntry.kind).where(col(LogEntry.seq) == seq)).scalar_one()
+    return affected_by(kind)
+
+
 def erase(ledger: Ledger, projector: Projector, seq: int, *, reason: str, principal: str) -> Receipt:
-    """Erases an entry's payload (under the append lock only for the erasure entry and the row's
-    deletion), then rebuilds the projections that payload fed, under the projector lock alone:
-    appends go on, and readers see the old rows until the rebuilt ones commit."""
+    """Erases an entry's payload: the erasure entry and the row's deletion, under the append lock for
+    milliseconds. The projector then replays what the payload fed (`replayed_by_erasure`), under its
+    own lock alone: appends go on, and a read that must see the erasure waits for it, bounded (503
+    with Retry-After past the bound), like any read of what it has not applied yet."""
     receipt = ledger.erase(seq, reason=reason, principal=principal)
-    projector.rebuild(only=affected_by(ledger.entry(seq).header.kind))
+    projector.notify()
     return receipt
 
 

@@ -9,7 +9,7 @@ from ledger.governance.service import GovernanceService
 from ledger.lineage.intake import LineageIntake
 from ledger.policy.bundle_entry import record_policy_bundle
 from ledger.policy.engine import PolicyEngine, PolicyLimits, load_policy_bundle
-from ledger.projections import PROJECTIONS
+from ledger.projections import PROJECTIONS, replayed_by_erasure
 from ledger.security.access import AccessService, violation_screen
 from ledger.security.keyring import Keyring, key_state
 from ledger.security.keys import KeyFile, check_host_key, key_id_of, load_signing_key
@@ -90,7 +90,7 @@ def build_runtime(settings: Settings, *, policy: PolicyEngine | None = None) -> 
         return p.clearances if p is not None else frozenset()
 
     screen = violation_screen(ledger, policy_digest=policy.bundle.digest, clearances_of=clearances_of)
-    projector = Projector(db, PROJECTIONS, [screen])
+    projector = Projector(db, PROJECTIONS, [screen], replays=replayed_by_erasure)
     ledger.on_commit = lambda _size: projector.notify()
     governance = GovernanceService(
         ledger,

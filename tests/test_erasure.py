@@ -212,3 +212,56 @@ def test_erasing_what_later_entries_build_on(client, tokens, runtime) -> None:
     state = projection_snapshot(runtime)
     rebuild_all(runtime.projector)
     assert projection_snapshot(runtime) == state
+
+
+def test_erasure_answers_at_once_and_reads_wait_for_the_replay(client, tokens, runtime) -> None:
+    """The erasure request appends and deletes (milliseconds under the append lock) and returns; the
+    projector replays what the payload fed. Until it has, a read that must see the erasure waits,
+    bounded, and answers 503 with Retry-After, never the erased content; the log's own reads do
+    not wait. PostgreSQL only: on SQLite the projector's lock is the one write lock itself."""
+    import threading
+    import time
+
+    import pytest
+    from events import dataset
+
+    if runtime.db.is_sqlite:
+        pytest.skip("SQLite has one writer: the projector's lock is the append lock there")
+    secret = "diagnosis: 078-05-1120"
+    ev = run_event(
+        outputs=[dataset("s3://lake", "visits", description={"_producer": "p", "_schemaURL": "s", "n": secret})]
+    )
+    seq = client.post("/api/v1/lineage", json=ev, headers=auth(tokens.pipeline)).get_json()["receipt"]["seq"]
+    plain = run_event(outputs=[dataset("s3://lake", "visits")])  # stays: the dataset outlives the erasure
+    assert client.post("/api/v1/lineage", json=plain, headers=auth(tokens.pipeline)).status_code == 201
+    path = "/api/v1/namespaces/s3%3A%2F%2Flake/datasets/visits"
+    assert secret in client.get(path, headers=auth(tokens.auditor)).get_data(as_text=True)
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold_projector() -> None:  # as a long replay would
+        with runtime.db.projecting() as session:
+            assert session is not None
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_projector)
+    holder.start()
+    try:
+        assert held.wait(10)
+        t0 = time.monotonic()
+        r = client.post(f"/api/v1/log/entries/{seq}/erasure", json={"reason": "GDPR"}, headers=auth(tokens.security))
+        assert r.status_code == 201, r.get_json()
+        assert time.monotonic() - t0 < 2  # not held by the projector
+        assert client.get("/api/v1/log/checkpoint").status_code == 200  # the log's own reads go on
+        waiting = client.get(path, headers=auth(tokens.auditor))
+        assert waiting.status_code == 503, waiting.get_data(as_text=True)
+        assert waiting.headers["Retry-After"] and waiting.mimetype == "application/problem+json"
+        assert secret not in waiting.get_data(as_text=True)
+    finally:
+        release.set()
+        holder.join()
+    after = client.get(path, headers=auth(tokens.auditor))
+    assert after.status_code == 200 and secret not in after.get_data(as_text=True)
+    entry = client.get(f"/api/v1/log/entries/{seq}", headers=auth(tokens.auditor)).get_json()
+    assert entry["erased"] is True and entry["payload"] is None

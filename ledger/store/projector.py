@@ -40,6 +40,7 @@ from ledger.tlog.entry import EntryHeader
 log = logging.getLogger("ledger.projector")
 
 Entries = list[tuple[EntryHeader, Any]]
+ERASURE_KIND = "payload.erasure"
 
 
 @dataclass(frozen=True)
@@ -98,12 +99,15 @@ class Projector:
         *,
         batch: int = 2000,
         coalesce: float = 0.01,
+        replays: Callable[[Session, EntryHeader], frozenset[str]] | None = None,
     ) -> None:
         self.db = db
         self.projections = list(projections)  # in dependency order: each may read those before it
         self.followers = list(followers)
         self.batch = batch
         self.coalesce = coalesce  # seconds the background applier waits after a wake-up
+        # The projections a `payload.erasure` entry makes replay (those the erased payload fed).
+        self.replays = replays
         self._names = [p.name for p in self.projections] + [f.name for f in self.followers]
         self._tables = [t for p in self.projections for t in p.tables]
         self._wake = threading.Event()
@@ -161,6 +165,13 @@ class Projector:
                 start = min(behind.values())
                 entries = _read(session, start, min(head, start + self.batch))
                 end = self._cut(entries, min(head, start + self.batch))
+                erasure = self._erasure(session, entries, end, marks)
+                if erasure is not None:
+                    seq, chosen = erasure
+                    if seq == start:  # first in line: replay what the erased payload fed, from the log
+                        self._replay(session, chosen)
+                        return True
+                    end = seq  # apply what comes before it first
                 entries = [(h, pl) for h, pl in entries if h.seq < end]
                 if not self.db.is_sqlite:
                     _sync_ids(session, self._tables)
@@ -175,6 +186,26 @@ class Projector:
                 recent = None
         self._follow(recent)  # (3) at once, before another batch can change what they see
         return True
+
+    def _erasure(
+        self, session: Session, entries: Entries, end: int, marks: dict[str, int]
+    ) -> tuple[int, list[Projection]] | None:
+        """The first erasure before `end` that some projection it affects has not yet passed, and
+        those projections. An erasure is not applied like other entries: the projections the erased
+        payload fed are replayed from the log (in the projector's transaction: the append that
+        erased took milliseconds, and no request waits for the replay but the reads that need it)."""
+        if self.replays is None:
+            return None
+        for h, _ in entries:
+            if h.seq >= end:
+                return None
+            if h.kind != ERASURE_KIND:
+                continue
+            names = self.replays(session, h)
+            chosen = [p for p in self.projections if p.name in names and marks[p.name] <= h.seq]
+            if chosen:
+                return h.seq, chosen
+        return None
 
     def _cut(self, entries: Entries, end: int) -> int:
         """Where a batch must end: before the first entry that changes what a follower decides on for
@@ -338,7 +369,7 @@ class _Recent:
 def _erased_since(session: Session, size: int) -> bool:
     """Whether a payload may have been erased after a read that saw `size` entries."""
     seq, kind = HEADER_COLUMNS[0], HEADER_COLUMNS[1]
-    return session.execute(select(seq).where(kind == "payload.erasure", seq >= size).limit(1)).first() is not None
+    return session.execute(select(seq).where(kind == ERASURE_KIND, seq >= size).limit(1)).first() is not None
 
 
 def _read(session: Session, start: int, end: int, *, kinds: frozenset[str] | None = None) -> Entries:
