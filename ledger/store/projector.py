@@ -151,9 +151,11 @@ class Projector:
 
     def step(self) -> bool:
         """Applies one batch if any is pending and the projector lock is free; True if it did work."""
-        if not self.pending():
+        with self.db.read() as s:
+            head, known = tree_size(s), self.watermarks(s)
+        if all(m >= head for m in known.values()):
             return False
-        if self._follow():  # (1) the followers first: they decide on the state the last batch left
+        if self._follow(known=known):  # (1) the followers first: they decide on the state the last batch left
             return True
         with self.db.projecting() as session:  # (2) then the next batch
             if session is None:
@@ -175,12 +177,14 @@ class Projector:
                 entries = [(h, pl) for h, pl in entries if h.seq < end]
                 if not self.db.is_sqlite:
                     _sync_ids(session, self._tables)
+                moved = []
                 for p in self.projections:
                     mark = marks[p.name]
                     if mark >= end:
                         continue
                     p.apply(session, [(h, pl) for h, pl in entries if h.seq >= mark and h.kind in p.kinds])
-                    _set_mark(session, p.name, end)
+                    moved.append(p.name)
+                _set_marks(session, moved, end)
                 recent = _Recent(start, end, head, entries)
             else:
                 recent = None
@@ -217,7 +221,7 @@ class Projector:
             acted = acted or any(f.acts_on(h, p) for f in self.followers)
         return end
 
-    def _follow(self, recent: _Recent | None = None) -> bool:
+    def _follow(self, recent: _Recent | None = None, known: dict[str, int] | None = None) -> bool:
         """Runs the followers up to what the projections have applied (outside any lock).
 
         `recent` is the batch this process just applied: a follower whose entries lie within it
@@ -226,6 +230,8 @@ class Projector:
         """
         did = False
         for f in self.followers:
+            if known is not None and known[f.name] >= min((known[p.name] for p in self.projections), default=0):
+                continue  # caught up with the watermarks just read: no transaction needed
             with self.db.read() as s:
                 marks = self.watermarks(s)
                 target = min(marks[p.name] for p in self.projections) if self.projections else tree_size(s)
@@ -314,8 +320,7 @@ class Projector:
             for p in chosen:
                 p.apply(session, [(h, pl) for h, pl in entries if h.kind in p.kinds])
             replayed += len(entries)
-        for p in chosen:
-            _set_mark(session, p.name, head)
+        _set_marks(session, [p.name for p in chosen], head)
         return head  # every entry up to the watermark was read (those of other kinds feed nothing)
 
     # --- the background applier ------------------------------------------------------------------
@@ -389,14 +394,26 @@ def _read(session: Session, start: int, end: int, *, kinds: frozenset[str] | Non
 
 
 def _set_mark(session: Session, name: str, size: int) -> None:
+    _set_marks(session, [name], size)
+
+
+def _set_marks(session: Session, names: list[str], size: int) -> None:
+    """Moves the watermarks of `names` to `size`: one statement (plus an insert for a new name)."""
+    if not names:
+        return
     now = datetime.now(UTC)
     done = session.execute(
         update(ProjectionWatermark)
-        .where(col(ProjectionWatermark.name) == name)
+        .where(col(ProjectionWatermark.name).in_(names))
         .values(applied_size=size, updated_at=now)
     )
-    if done.rowcount == 0:  # type: ignore[attr-defined]
-        session.add(ProjectionWatermark(name=name, applied_size=size, updated_at=now))
+    if done.rowcount < len(names):  # type: ignore[attr-defined]
+        have = set(
+            session.execute(select(ProjectionWatermark.name).where(col(ProjectionWatermark.name).in_(names))).scalars()
+        )
+        for name in names:
+            if name not in have:
+                session.add(ProjectionWatermark(name=name, applied_size=size, updated_at=now))
         session.flush()
 
 
