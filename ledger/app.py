@@ -13,6 +13,7 @@ from prometheus_client import Counter, Histogram
 from ledger.api import admin, governance, lineage, log, names, ops, reads, security
 from ledger.api.consistency import wait_for_projections
 from ledger.api.problems import register_error_handlers
+from ledger.console import bp as console_bp
 from ledger.config import Settings
 from ledger.errors import InvalidRequestError
 from ledger.runtime import Runtime, build_runtime
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     api.register_blueprint(admin.blp)
     api.register_blueprint(security.blp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(console_bp)  # the auditor's console at /console/, its data through the API
     register_error_handlers(app)  # after Api(): ours replace flask-smorest's JSON errors
     rt.projector.start()  # this process's applier; `rt.close()` stops it
 

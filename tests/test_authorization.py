@@ -99,6 +99,9 @@ TABLE: dict[str, tuple[str, str, Any, Any]] = {
     "ops.healthz": ("GET", "/healthz", None, PUBLIC),
     "ops.readyz": ("GET", "/readyz", None, PUBLIC),
     "ops.metrics": ("GET", "/metrics", None, PUBLIC),
+    # The console's page and assets are public: its data comes through the API with the Bearer token.
+    "console.index": ("GET", "/console/log", None, PUBLIC),
+    "console.assets": ("GET", "/console/assets/console.js", None, PUBLIC),
 }
 
 
