@@ -13,8 +13,8 @@ from prometheus_client import Counter, Histogram
 from ledger.api import admin, governance, lineage, log, names, ops, reads, security
 from ledger.api.consistency import wait_for_projections
 from ledger.api.problems import register_error_handlers
-from ledger.console import bp as console_bp
 from ledger.config import Settings
+from ledger.console import bp as console_bp
 from ledger.errors import InvalidRequestError
 from ledger.runtime import Runtime, build_runtime
 

@@ -137,6 +137,35 @@ class Story:
         self.vkey = server.verifier_key()
 
 
+# WCAG 2 contrast of every visible text node against the background it is drawn on (the nearest
+# ancestor with an opaque background); returns the texts below 4.5:1.
+LOW_CONTRAST = """() => {
+  const rgb = (c) => (c.match(/[0-9.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const bg = (el) => {
+    for (; el; el = el.parentElement) {
+      const c = rgb(getComputedStyle(el).backgroundColor);
+      if (c.length === 3 || c[3] > 0.9) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const bad = [];
+  const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+    const el = n.parentElement;
+    if (!n.textContent.trim() || !el || !el.checkVisibility() || el.closest('.skip')) continue;
+    const s = getComputedStyle(el);
+    const a = lum(rgb(s.color).slice(0, 3)), b = lum(bg(el));
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    if (ratio < 4.5) bad.push(`${ratio.toFixed(2)}: ${n.textContent.trim().slice(0, 40)}`);
+  }
+  return bad;
+}"""
+
+
 class Console:
     """One signed-in browser tab, with every CSP report and script error it meets."""
 
@@ -169,6 +198,9 @@ class Console:
         return self.page.inner_text("main")
 
     def shot(self, name: str) -> None:
+        """A screenshot of the page, once its text is checked for readable contrast."""
+        low = self.page.evaluate(LOW_CONTRAST)
+        assert not low, f"{name}: text below 4.5:1 contrast: {low}"
         self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
 
     def verify(self, vkey: str) -> dict[str, str]:
@@ -234,6 +266,7 @@ def test_console_pages_in_chromium(
     assert len(p.query_selector_all("ol.hashes li")) >= 1
     steps = c.verify(story.vkey)
     assert steps == {"leaf": "passed", "payload": "passed", "inclusion": "passed", "signature": "passed"}, steps
+    assert "Every check passed" in c.page.inner_text("#steps")
     c.shot("entry-verified")
     # A key that is not the log's fails the signature step, and only that one.
     name, key_id, _ = story.vkey.split("+", 2)
@@ -359,12 +392,31 @@ def test_console_pages_in_chromium(
     c = Console(browser, server, story.cleared, shots)
     c.open(f"/console/entries/{story.validation_seq}")
     assert c.verify(story.vkey) == {"leaf": "passed", "payload": "failed", "inclusion": "passed", "signature": "passed"}
+    assert "1 of 4 checks failed" in c.page.inner_text("#steps")
     c.shot("entry-tampered-payload")
     c.open(f"/console/entries/{story.decision_seq}")
     steps = c.verify(story.vkey)
     assert steps["leaf"] == "failed" and steps["inclusion"] == "failed" and steps["signature"] == "passed", steps
     assert "mallory" in c.text()
     c.shot("entry-tampered-header")
+
+    # An erasure: the model version lists it, the entry says why its payload is gone, and Verify still
+    # checks the header, the proof and the signature.
+    r = _call(server, "POST", f"/log/entries/{story.raw_seq}/erasure", story.security, {"reason": "GDPR request 7"})
+    assert r.status_code == 201, r.text
+    erasure_seq = r.json()["receipt"]["seq"]
+    c.open(f"/console/models/{story.model}/versions/1")
+    row = c.page.inner_text("section[aria-label=Erasures] tbody")
+    assert "GDPR request 7" in row and f"#{story.raw_seq}" in row and f"#{erasure_seq}" in row
+    c.open(f"/console/entries/{story.raw_seq}")
+    assert "The payload was erased" in c.page.inner_text("#payload")
+    c.page.click("#payload a")  # to the erasure entry, through the log
+    c.page.wait_for_selector(f"section[aria-label=Entries] a[href='/console/entries/{erasure_seq}']")
+    c.open(f"/console/entries/{story.raw_seq}")
+    steps = c.verify(story.vkey)
+    assert steps == {"leaf": "passed", "payload": "not applicable", "inclusion": "passed", "signature": "passed"}
+    assert "only its header was checked" in c.page.inner_text("#steps")
+    c.shot("entry-erased")
     c.close()
 
     # The token never reached a log line.

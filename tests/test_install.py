@@ -38,6 +38,7 @@ NOT_SOURCE = shutil.ignore_patterns(
     "node_modules",
     "results",
     "demo-out",
+    "test-artifacts",
 )
 
 
@@ -114,6 +115,16 @@ def test_installed_ledger_serves_from_the_checkout_root(tmp_path: Path) -> None:
         assert size >= 1  # `init` recorded the policy bundle
         assert origin == vkey.split("+", 1)[0]
         assert (clone / "ledger-data" / "ledger.db").exists()  # the default: SQLite in ./ledger-data
+        # The console ships in the wheel: its page and built assets come from the installed package.
+        page = requests.get(f"{url}/console/models", timeout=10)
+        assert page.status_code == 200 and "/console/assets/console.js" in page.text
+        assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+        installed = next((env_dir / "lib").glob("python3*/site-packages/ledger/console/static"))
+        for asset in ("console.js", "console.css", "licenses/THIRD-PARTY.txt", "licenses/cytoscape.LICENSE.txt"):
+            got = requests.get(f"{url}/console/assets/{asset}", timeout=10)
+            assert got.status_code == 200, asset
+            built = (REPO / "ledger" / "console" / "static" / asset).read_bytes()
+            assert got.content == (installed / asset).read_bytes() == built
         served = (tmp_path / "serve.log").read_text()
         assert "admin token: " in served
         assert "Traceback" not in served

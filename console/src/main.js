@@ -380,6 +380,15 @@ async function pageEntry(seq) {
             ),
           );
           const failed = steps.filter((s) => s.status === "failed").length;
+          results.append(
+            el(
+              "li",
+              { class: `summary ${failed ? "bad" : "ok"}`, role: "status" },
+              failed
+                ? `${failed} of ${steps.length} checks failed: what the service serves for entry ${seq} is not what its signed log commits to.`
+                : `Every check passed: entry ${seq} is in the log that the key you trust signed.${steps.some((s) => s.status === "not applicable") ? " Its payload was not served, so only its header was checked." : ""}`,
+            ),
+          );
           results.setAttribute("data-result", failed ? "failed" : "passed");
         } catch (e) {
           results.replaceChildren(el("li", {}, problemBox(e)));
@@ -405,7 +414,13 @@ async function pageEntry(seq) {
   );
   let payloadView;
   if (entry.payload !== null && entry.payload !== undefined) payloadView = el("pre", { class: "json", id: "payload" }, JSON.stringify(entry.payload, null, 2));
-  else if (entry.erased) payloadView = el("p", { class: "notice", id: "payload" }, "The payload was erased by ", link(`/console/entries/${entry.erasure_seq}`, `entry ${entry.erasure_seq}`), ". Its digest stays in the header, so proofs still hold.");
+  else if (entry.erased) {
+    // `erasure_seq` names the payload.erasure entry where the service serves it; else the log finds it.
+    const by = Number.isInteger(entry.erasure_seq)
+      ? link(`/console/entries/${entry.erasure_seq}`, `entry ${entry.erasure_seq}`)
+      : link(`/console/log?${new URLSearchParams({ kind: "payload.erasure", subject: `entry:${seq}` })}`, "its payload.erasure entry");
+    payloadView = el("p", { class: "notice", id: "payload" }, "The payload was erased: see ", by, ". Its digest stays in the header, so the proofs still hold.");
+  }
   else if (entry.withheld) payloadView = el("p", { class: "notice", id: "payload" }, `The payload is withheld from you: ${entry.withheld}. The header and proofs are still yours to check.`);
   else payloadView = el("p", { class: "notice", id: "payload" }, "No payload was served for this entry.");
   return el(

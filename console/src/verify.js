@@ -145,7 +145,7 @@ export async function verifyEntry({ entry, checkpoint, proof, vkey }) {
   }
   try {
     if (entry.payload === null || entry.payload === undefined) {
-      const why = entry.erased ? `payload erased (by entry ${entry.erasure_seq})` : entry.withheld ? `payload withheld: ${entry.withheld}` : "no payload served";
+      const why = entry.erased ? `payload erased${Number.isInteger(entry.erasure_seq) ? ` by entry ${entry.erasure_seq}` : ""}` : entry.withheld ? `payload withheld: ${entry.withheld}` : "no payload served";
       step("payload", "Payload digest", entry.erased || entry.withheld ? "not applicable" : "failed", why);
     } else {
       const d = await sha256(concat(hexToBytes(entry.salt), enc.encode(canonicalize(entry.payload))));
