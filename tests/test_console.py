@@ -10,6 +10,7 @@ principal without clearance sees no pii facet anywhere. Screenshots of every pag
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -251,6 +252,17 @@ def test_console_pages_in_chromium(
     assert "current" in c.text()
     assert "No witness has cosigned" in c.text() or "witness" in c.text()
     c.shot("log")
+    # Witness cosignatures, once a checkpoint carries them (C2SP tlog-cosignature lines), are listed.
+    note = requests.get(server.url + "/api/v1/log/checkpoint", timeout=10).text
+    cosig = base64.b64encode(b"\x01\x02\x03\x04" + (1764550000).to_bytes(8, "big") + bytes(64)).decode()
+    cosigned = note + f"\u2014 witness.example/w1 {cosig}\n"
+    p.route(
+        "**/api/v1/log/checkpoint", lambda route: route.fulfill(status=200, content_type="text/plain", body=cosigned)
+    )
+    c.open("/console/log")
+    witnesses = p.inner_text("section[aria-label='Current checkpoint'] table")
+    assert "witness.example/w1" in witnesses and "01020304" in witnesses and "2025-12-01 00:46:40Z" in witnesses
+    p.unroute("**/api/v1/log/checkpoint")
     p.select_option("#kind", "promotion.decision")
     p.click("form.filters button[type=submit]")
     p.wait_for_function("() => (document.getElementById('main').getAttribute('data-ready') || '').includes('kind=')")
@@ -318,6 +330,8 @@ def test_console_pages_in_chromium(
     assert "tagged" in raw["cls"] and raw["colour"] == "#b3261e"  # pii red
     assert "declassified" in features["cls"] and "tagged" not in features["cls"]
     assert raw["x"] < features["x"] < by_id["job:ml:train_churn"]["x"]  # left to right
+    assert "focus" in by_id["job:ml:train_churn"]["cls"]  # the run asked for is its job's
+    assert "job: job:ml:train_churn" in p.inner_text("#node-panel")  # and opened beside the graph
     c.shot("lineage")
     pos = p.evaluate(
         f"() => document.getElementById('graph').__cy.getElementById({json.dumps(lake_raw)}).renderedPosition()"

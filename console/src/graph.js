@@ -23,12 +23,17 @@ export function overview(cy, focusId) {
     cy.zoom(1.4); // a small graph is not blown up
     cy.center();
   } else if (cy.zoom() < READABLE) {
-    const focus = cy.getElementById(focusId);
+    const focus = cy.nodes(".focus");
     const target = focus.nonempty() ? focus : cy.nodes().first();
     cy.zoom(READABLE);
     cy.center(target);
     if (!focus.nonempty() || !focus.incomers().nonempty()) cy.panBy({ x: 140 - target.renderedPosition().x, y: 0 }); // a source: near the left edge
   }
+}
+
+// The node a lineage was asked around: itself, or for `run:<id>` the job whose run it is.
+export function isFocus(n, focusId) {
+  return n.id === focusId || (focusId.startsWith("run:") && n.type === "JOB" && n.data?.latestRunId === focusId.slice(4));
 }
 
 export function drawLineage(container, graph, focusId, onOpen) {
@@ -45,7 +50,7 @@ export function drawLineage(container, graph, focusId, onOpen) {
         kind: n.type,
         colour: tag ? TAG_COLOURS[tag] : n.type === "DATASET" ? "#1f5fa8" : n.type === "JOB" ? "#2e6b30" : "#555",
       },
-      classes: [n.type.toLowerCase(), tag ? "tagged" : "", (c.declassified || []).length ? "declassified" : "", n.id === focusId ? "focus" : ""].join(" "),
+      classes: [n.type.toLowerCase(), tag ? "tagged" : "", (c.declassified || []).length ? "declassified" : "", isFocus(n, focusId) ? "focus" : ""].join(" "),
     });
   }
   for (const n of graph) {

@@ -1,7 +1,7 @@
 // The auditor's console: one page per URL under /console/, every datum read through the HTTP API with
 // the signed-in principal's Bearer token (kept in this tab's sessionStorage only).
 import { verifyEntry, parseNote, parseCheckpoint } from "./verify.js";
-import { drawLineage, overview } from "./graph.js";
+import { drawLineage, isFocus, overview } from "./graph.js";
 
 const TOKEN = "ledger.console.token";
 const PINNED = "ledger.console.verifier-key";
@@ -312,7 +312,7 @@ async function pageLog() {
       el("pre", { class: "note", id: "checkpoint" }, note),
       el("p", {}, "Origin ", code(cp.origin), `, tree size ${cp.size}, signed by ${log.length} log key(s). Check it with your pinned key on any entry's page.`),
       witnesses.length
-        ? table(["witness", "key id"], witnesses.map((w) => [w.name, code(w.keyId)]), { caption: "Witness cosignatures on this checkpoint" })
+        ? table(["witness", "key id", "cosigned at"], witnesses.map((w) => [w.name, code(w.keyId), w.time === null ? "—" : when(new Date(w.time * 1000).toISOString())]), { caption: "Witness cosignatures on this checkpoint (check them with `ledger verify --witness`)" })
         : el("p", { class: "empty" }, "No witness has cosigned this checkpoint. Once witnesses are configured their cosignatures show here."),
     ),
     section(
@@ -694,7 +694,7 @@ async function pageLineage() {
       cy = drawLineage(canvas, g.graph, node, (n) => show(n));
       canvas.setAttribute("data-nodes", String(cy.nodes().length));
       canvas.setAttribute("data-edges", String(cy.edges().length));
-      const focus = g.graph.find((n) => n.id === node);
+      const focus = g.graph.find((n) => isFocus(n, node));
       if (focus) show(focus);
     },
     { once: true },

@@ -84,7 +84,9 @@ export function parseNote(note) {
     const rest = line.slice(2);
     const sp = rest.lastIndexOf(" ");
     const sig = b64ToBytes(rest.slice(sp + 1));
-    sigs.push({ name: rest.slice(0, sp), keyId: bytesToHex(sig.slice(0, 4)), sig });
+    // A C2SP tlog-cosignature (cosignature/v1) carries an 8-byte big-endian timestamp before its signature.
+    const time = sig.length === 4 + 8 + 64 ? Number(new DataView(sig.buffer, sig.byteOffset + 4, 8).getBigUint64(0)) : null;
+    sigs.push({ name: rest.slice(0, sp), keyId: bytesToHex(sig.slice(0, 4)), sig, time });
   }
   return { text, sigs };
 }
