@@ -295,6 +295,7 @@ def test_console_pages_in_chromium(
     # Models: the registry, with the stage per environment.
     c.open("/console/models")
     assert story.model in c.text() and "stage in prod-eu" in c.text() and "production" in c.text()
+    assert "✓ reproducible" in c.text() and "✓ traceable" in c.text() and "✓ verifiable" in c.text()
     c.shot("models")
 
     # Model version: verdicts, validations with thresholds, approvals, decisions with violations,
@@ -358,6 +359,14 @@ def test_console_pages_in_chromium(
     assert int(p.get_attribute("#graph", "data-nodes") or 0) == 501
     assert len(p.query_selector_all(".node-list li")) == 501
     assert took < 20, took
+    print(f"500-node lineage: page {took:.2f} s, layout {p.get_attribute('#graph', 'data-layout-ms')} ms")
+    assert p.evaluate("document.getElementById('graph').__cy.zoom()") >= 0.8  # labels at a readable size
+    p.click("text=Fit all")
+    extent = p.evaluate(
+        "(() => { const cy = document.getElementById('graph').__cy; return cy.elements().renderedBoundingBox(); })()"
+    )
+    assert extent["h"] <= p.locator("#graph").bounding_box()["height"] + 1  # the whole fan on one screen
+    p.click("text=Back to this node")
     c.shot("lineage-500")
 
     # Keyboard: the skip link, then the navigation, reach every page without a mouse.

@@ -476,7 +476,7 @@ async function pageModels() {
     return [
       el("strong", {}, n),
       link(`/console/models/${enc(n)}/versions/${enc(v)}`, `version ${v}`),
-      el("span", {}, ["reproducible", "traceable", "verifiable"].map((k) => el("span", { class: `badge ${d.verdicts?.[k]?.ok ? "ok" : "bad"}`, title: k }, k.slice(0, 5)))),
+      el("span", {}, ["reproducible", "traceable", "verifiable"].map((k) => el("span", { class: `badge ${d.verdicts?.[k]?.ok ? "ok" : "bad"}`, title: `${k}: ${d.verdicts?.[k]?.ok ? "ok" : "something is missing"}` }, `${d.verdicts?.[k]?.ok ? "✓" : "✗"} ${k}`))),
       ...envs.map((env) => (d.current_stage?.[env] ? el("span", { class: "badge stage" }, d.current_stage[env].stage) : el("span", { class: "muted" }, "—"))),
       when(d.registered_at),
     ];
@@ -691,7 +691,9 @@ async function pageLineage() {
     "console:rendered",
     () => {
       if (!canvas.isConnected) return; // another page won the race
+      const t0 = performance.now();
       cy = drawLineage(canvas, g.graph, node, (n) => show(n));
+      canvas.setAttribute("data-layout-ms", String(Math.round(performance.now() - t0)));
       canvas.setAttribute("data-nodes", String(cy.nodes().length));
       canvas.setAttribute("data-edges", String(cy.edges().length));
       const focus = g.graph.find((n) => isFocus(n, node));
