@@ -6,14 +6,33 @@ transaction; invalid ones are reported by index and not stored.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from ledger.errors import InvalidEventError, LedgerError, PermissionDeniedError
+from ledger.errors import ConflictError, InvalidEventError, LedgerError, PermissionDeniedError
 from ledger.lineage.events import DEFAULT_EVENT_TIME_WINDOW, EventTimeWindow, ValidatedEvent, validate_event
+from ledger.store.appending import OwnerConflictError
 from ledger.store.ledger import Ledger, Receipt
 from ledger.store.sequencer import PendingEntry
+
+
+def job_owner(namespace: str, name: str) -> str:
+    """The owner a run event names for its run: its job, as a JSON array (names may hold `:`)."""
+    return json.dumps([namespace, name], ensure_ascii=False, separators=(",", ":"))
+
+
+def _hijack(subject: str) -> ConflictError:
+    return ConflictError(
+        f"run {subject.removeprefix('run:')} belongs to another job: a run is the job's that first recorded it",
+        field="/run/runId",
+    )
+
+
+# Appends a batch may retry after refusals found under the lock (each retry drops every event the
+# previous attempt found in conflict, so one retry suffices unless another append races this one).
+MAX_BATCH_ATTEMPTS = 4
 
 
 class Poster(Protocol):
@@ -44,9 +63,19 @@ class LineageIntake:
                 f"principal {principal.name!r} may not write to namespace {denied[0]!r}",
                 field="/job/namespace" if v.kind != "openlineage.dataset_event" else "/dataset/namespace",
             )
+        # Outputs write the dataset (facets, versions, its producer): only in the poster's own
+        # namespaces. Inputs are read from anywhere.
+        for i, out in enumerate(v.event.get("outputs") or [] if v.kind != "openlineage.dataset_event" else []):
+            ns = out.get("namespace") if isinstance(out, dict) else None
+            if isinstance(ns, str) and not principal.may_write_namespace(ns):
+                raise PermissionDeniedError(
+                    f"principal {principal.name!r} may not write to namespace {ns!r} (output {i})",
+                    field=f"/outputs/{i}/namespace",
+                )
         return v
 
     def _pending(self, v: ValidatedEvent, principal: Poster) -> PendingEntry:
+        job = v.event.get("job") if v.kind == "openlineage.run_event" else None
         return PendingEntry(
             kind=v.kind,
             subject=v.subject,
@@ -54,12 +83,18 @@ class LineageIntake:
             payload=v.event,
             dedup_key=v.dedup_key,
             canonical=v.canonical,
+            # A run belongs to the job that first recorded it: checked under the append lock.
+            owner=job_owner(job["namespace"], job["name"]) if job is not None else None,
         )
 
     def record(self, event: Any, principal: Poster) -> Receipt:
-        """Records one event; a repeat of an event already stored returns its original receipt."""
+        """Records one event; a repeat of an event already stored returns its original receipt.
+        An event naming a recorded run under another job is refused (409, nothing written)."""
         v = self._admit(event, principal, self.ledger.clock())
-        _, receipts = self.ledger.append([self._pending(v, principal)])
+        try:
+            _, receipts = self.ledger.append([self._pending(v, principal)])
+        except OwnerConflictError as e:
+            raise _hijack(v.subject) from e
         return receipts[0]
 
     def record_batch(self, events: list[Any], principal: Poster) -> BatchOutcome:
@@ -72,8 +107,20 @@ class LineageIntake:
             except (InvalidEventError, PermissionDeniedError) as e:
                 failures[i] = e
         receipts: dict[int, Receipt] = {}
-        if admitted:
+        for attempt in range(MAX_BATCH_ATTEMPTS):
+            if not admitted:
+                break
             pending = [self._pending(v, principal) for _, v in admitted]
-            _, rs = self.ledger.append(pending)
+            try:
+                _, rs = self.ledger.append(pending)
+            except OwnerConflictError as e:
+                if attempt == MAX_BATCH_ATTEMPTS - 1:
+                    raise _hijack(pending[e.indices[0]].subject) from e
+                refused = set(e.indices)
+                for k in refused:
+                    failures[admitted[k][0]] = _hijack(pending[k].subject)
+                admitted = [a for k, a in enumerate(admitted) if k not in refused]
+                continue
             receipts = {i: r for (i, _), r in zip(admitted, rs, strict=True)}
+            break
         return BatchOutcome(receipts, failures, len(events))

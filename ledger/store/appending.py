@@ -20,8 +20,8 @@ from sqlalchemy import and_, delete, or_, select, true
 from sqlmodel import Session, col
 
 from ledger.errors import ConflictError, NotFoundError
-from ledger.store.db import Database
-from ledger.store.models import EntryPayload, LogEntry
+from ledger.store.db import Database, bulk_insert, chunks
+from ledger.store.models import EntryPayload, LogEntry, SubjectOwner
 from ledger.store.sequencer import AppendedEntry, AppendResult, PendingEntry, PendingRows, Sequencer, TreeState
 from ledger.store.tree import inclusion_proofs
 from ledger.tlog.note import NoteSigner
@@ -72,6 +72,16 @@ class Unless:
 
 class StaleStateError(ConflictError):
     """An entry arrived after the state an append was decided on, and would change the decision."""
+
+
+class OwnerConflictError(ConflictError):
+    """Entries of one append name an owner for their subject other than the one the log recorded
+    first (`PendingEntry.owner`); `indices` are their positions in the append, and nothing of it is
+    written."""
+
+    def __init__(self, detail: str, *, indices: list[int], **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.indices = indices
 
 
 @dataclass(eq=False)
@@ -200,18 +210,27 @@ class GroupCommit:
             now = self.clock()
             rows = PendingRows()
             erasing: list[int] = []
+            owners: dict[str, str] = {}  # subject -> owner, as the log and this group's entries have it
+            new_owners: list[dict[str, Any]] = []
             for req in group:  # (2)
                 req.error, req.result = None, None
                 mark = _Mark.of(state, rows)
                 try:
                     self._check(session, req, rows, erasing)
+                    claimed = _check_owners(session, req.pending, owners) if any(p.owner for p in req.pending) else {}
                     req.result = self._sequencer.append(session, state, req.pending, now=now, rows=rows)
                     if req.erases is not None:
                         erasing.append(req.erases)
                 except Exception as e:
                     mark.restore(state, rows)
                     req.error, req.result = e, None
+                    continue
+                for subject, (owner, i) in claimed.items():
+                    owners[subject] = owner
+                    new_owners.append({"subject": subject, "owner": owner, "seq": req.result.entries[i].header.seq})
             self._sequencer.flush(session, rows)  # (3)
+            if new_owners:
+                bulk_insert(session, SubjectOwner.__table__, new_owners)  # type: ignore[attr-defined]
             if erasing:  # (4) allowed by the database once the erasure entries are in the table
                 session.execute(delete(EntryPayload).where(col(EntryPayload.seq).in_(erasing)))
             seqs = sorted({e.header.seq for r in group if r.result is not None for e in r.result.entries})
@@ -284,6 +303,31 @@ class _Mark:
         for k in set(rows.seen) - self.seen:
             del rows.seen[k]
         rows.looked_up.intersection_update(self.looked_up)
+
+
+def _check_owners(session: Session, pending: list[PendingEntry], owners: dict[str, str]) -> dict[str, tuple[str, int]]:
+    """Under the lock: refuses (OwnerConflictError) a request whose entries name an owner for their
+    subject other than the recorded one; returns the subjects it claims first (owner, index)."""
+    unknown = sorted({p.subject for p in pending if p.owner is not None and p.subject not in owners})
+    for part in chunks(unknown):
+        q = select(col(SubjectOwner.subject), col(SubjectOwner.owner)).where(col(SubjectOwner.subject).in_(part))
+        owners.update({str(s): str(o) for s, o in session.execute(q).all()})
+    claimed: dict[str, tuple[str, int]] = {}
+    conflicts: list[int] = []
+    for i, p in enumerate(pending):
+        if p.owner is None:
+            continue
+        held = owners.get(p.subject) or (claimed[p.subject][0] if p.subject in claimed else None)
+        if held is None:
+            claimed[p.subject] = (p.owner, i)
+        elif held != p.owner:
+            conflicts.append(i)
+    if conflicts:
+        first = pending[conflicts[0]].subject
+        raise OwnerConflictError(
+            f"{first} belongs to another owner than the one this entry names", indices=conflicts, subject=first
+        )
+    return claimed
 
 
 def _clause_sql(c: Clause) -> Any:

@@ -63,6 +63,18 @@ class LogEntry(SQLModel, table=True):
     dedup_key: str | None = Field(default=None, sa_column=Column(String(71), unique=True, nullable=True))
 
 
+class SubjectOwner(SQLModel, table=True):
+    """The owner the first entry about a subject named (a run's job), written under the append lock
+    with that entry: an entry that names another owner for the subject is refused. A log-side index,
+    not a projection: it never lags the log."""
+
+    __tablename__ = "subject_owners"
+
+    subject: str = Field(sa_column=Column(Text, primary_key=True))
+    owner: str = Field(sa_column=Column(Text, nullable=False))
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
 class EntryPayload(SQLModel, table=True):
     """The payload bound to an entry by its salted digest; erasable, never editable."""
 

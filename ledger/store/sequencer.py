@@ -39,6 +39,9 @@ class PendingEntry:
     dedup_key: str | None = None
     # RFC 8785 bytes of `payload` when the caller has them already (intake hashes them for dedup).
     canonical: bytes | None = None
+    # Who the entry says owns its subject (a run's job): the first entry to name an owner for a
+    # subject fixes it, and an entry naming another owner is refused under the lock (`SubjectOwner`).
+    owner: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
