@@ -140,3 +140,72 @@ def test_a_scoped_pipeline_writes_outputs_only_in_its_namespaces(client, runtime
         headers=auth(team_a),
     )
     assert r.status_code == 201
+
+
+# --- 3. PII in job and run facets ------------------------------------------------------------------
+
+SSN = "078-05-1120"
+
+
+def test_job_and_run_facets_follow_the_tags_of_the_data_their_runs_touched(client, runtime, tokens) -> None:
+    from pipeline import registration
+
+    post = lambda ev: client.post("/api/v1/lineage", json=ev, headers=auth(tokens.pipeline))  # noqa: E731
+    assert post(run_event(namespace="B", job="load", outputs=[dataset("B", "customers")])).status_code == 201
+    r = client.post(
+        "/api/v1/datasets/B/customers/classification",
+        json={"tags": ["pii"], "justification": "holds SSNs"},
+        headers=auth(tokens.security),
+    )
+    assert r.status_code == 201, r.get_json()
+    run_id = str(uuid.uuid4())
+    sql = {"sql": {"query": f"SELECT * FROM customers WHERE ssn = '{SSN}'"}}
+    out = dataset("B", "report", version={"datasetVersion": "r1"})
+    assert post(run_event(run_id=run_id, namespace="B", job="report", event_type="START", job_facets=sql,
+                          inputs=[dataset("B", "customers")], outputs=[out])).status_code == 201
+    # The run's last event names no dataset, yet its errorMessage holds the SSN.
+    err = {"errorMessage": {"message": f"bad row {SSN}", "programmingLanguage": "python"}}
+    assert post(run_event(run_id=run_id, namespace="B", job="report", event_type="FAIL", job_facets=sql,
+                          run_facets=err)).status_code == 201
+    r = client.post("/api/v1/models/m/versions", json=registration(run_id, "1"), headers=auth(tokens.pipeline))
+    assert r.status_code == 201, r.get_json()
+    seqs = [e["header"]["seq"] for e in client_entries(client.application, tokens.security, f"run:{run_id}")]
+    routes = [
+        "/api/v1/namespaces/B/jobs",
+        "/api/v1/namespaces/B/jobs/report",
+        "/api/v1/namespaces/B/jobs/report/runs",
+        "/api/v1/namespaces/B/jobs/report/versions",
+        f"/api/v1/jobs/runs/{run_id}",
+        f"/api/v1/jobs/runs/{run_id}/facets?type=run",
+        f"/api/v1/jobs/runs/{run_id}/facets?type=job",
+        "/api/v1/namespaces/B/datasets/report/versions",
+        "/api/v1/namespaces/B/datasets/report/versions/r1",
+        "/api/v1/lineage?nodeId=job:B:report&depth=2",
+        "/api/v1/lineage?nodeId=dataset:B:report&depth=2",
+        "/api/v1/events/lineage",
+        f"/api/v1/log/entries?subject=run:{run_id}",
+        *(f"/api/v1/log/entries/{s}" for s in seqs),
+        "/api/v1/log/export",
+        "/api/v1/models/m/versions/1",
+        "/api/v1/provenance/models/m/versions/1",
+        "/api/v1/provenance/models/m/versions/1/bundle",
+    ]
+    uncleared = {
+        "auditor": tokens.auditor,
+        "approver": tokens.approver,
+        "pipeline": tokens.pipeline,
+        "admin": tokens.admin,
+    }
+    for route in routes:
+        cleared = client.get(route, headers=auth(tokens.security))
+        assert cleared.status_code == 200, (route, cleared.get_json())
+        for who, token in uncleared.items():
+            r = client.get(route, headers=auth(token))
+            assert r.status_code == 200, (route, who)
+            assert SSN not in r.get_data(as_text=True), (route, who)
+    # The cleared principal reads them (so the checks above can fail).
+    for route in (f"/api/v1/jobs/runs/{run_id}", "/api/v1/namespaces/B/jobs/report",
+                  f"/api/v1/jobs/runs/{run_id}/facets?type=job", "/api/v1/lineage?nodeId=job:B:report&depth=2"):
+        assert SSN in client.get(route, headers=auth(tokens.security)).get_data(as_text=True), route
+    run = client.get(f"/api/v1/jobs/runs/{run_id}", headers=auth(tokens.auditor)).get_json()
+    assert run["facets"]["redacted"] == {"facets": ["errorMessage"], "missing_clearances": ["pii"]}

@@ -247,10 +247,20 @@ def test_run_facets_are_the_runs_and_its_events_job_facets(client, tokens, runti
         run = _get(client, token, f"/api/v1/jobs/runs/{run_id}")
         facets = _get(client, token, f"/api/v1/jobs/runs/{run_id}/facets?type=run")
         assert facets == {"runId": run_id, "facets": run["facets"]}  # as the run read serves them
-        assert set(facets["facets"]) == {"nominalTime", "custom"}
         job_facets = _get(client, token, f"/api/v1/jobs/runs/{run_id}/facets?type=JOB")
         assert job_facets["runId"] == run_id
-        assert job_facets["facets"] == {"sql": {"query": "select 2"}, "documentation": {"description": "loads"}}
+    # The run wrote data classified pii: its facets follow that data's tags (issue 10).
+    facets = _get(client, tokens.security, f"/api/v1/jobs/runs/{run_id}/facets?type=run")["facets"]
+    assert set(facets) == {"nominalTime", "custom"}
+    assert _get(client, tokens.security, f"/api/v1/jobs/runs/{run_id}/facets?type=job")["facets"] == {
+        "sql": {"query": "select 2"},
+        "documentation": {"description": "loads"},
+    }
+    withheld = {"facets": ["custom", "nominalTime"], "missing_clearances": ["pii"]}
+    assert _get(client, tokens.auditor, f"/api/v1/jobs/runs/{run_id}/facets?type=run")["facets"] == {"redacted": withheld}
+    assert _get(client, tokens.auditor, f"/api/v1/jobs/runs/{run_id}/facets?type=job")["facets"] == {
+        "redacted": {"facets": ["documentation", "sql"], "missing_clearances": ["pii"]}
+    }
     # Each run's own job facets, not the job's latest.
     assert _get(client, tokens.auditor, f"/api/v1/jobs/runs/{other}/facets?type=job")["facets"] == {
         "sql": {"query": "select 3"}

@@ -133,13 +133,13 @@ def _dataset_versions(io: list[Any], direction: str) -> list[dict[str, Any]]:
 
 
 def run_json(v: RunView) -> dict[str, Any]:
-    r, job = v.row, v.job
+    r, job, facets = v.row, v.job, v.facets
     return {
         "id": r.run_id,
         "createdAt": utc_time(r.started_at) or utc_time(r.updated_at),
         "updatedAt": utc_time(r.updated_at),
-        "nominalStartTime": _nominal(r.facets, "nominalStartTime"),
-        "nominalEndTime": _nominal(r.facets, "nominalEndTime"),
+        "nominalStartTime": _nominal(facets, "nominalStartTime"),
+        "nominalEndTime": _nominal(facets, "nominalEndTime"),
         "state": marquez_run_state(r.state),
         "startedAt": utc_time(r.started_at),
         "endedAt": utc_time(r.ended_at),
@@ -149,25 +149,26 @@ def run_json(v: RunView) -> dict[str, Any]:
         "inputDatasetVersions": _dataset_versions(v.io, "in"),
         "outputDatasetVersions": _dataset_versions(v.io, "out"),
         "context": {},
-        "facets": r.facets,
-        "parentRunId": _parent_run_id(r.facets),
+        "facets": facets,
+        "parentRunId": _parent_run_id(facets),
         "principals": r.principals,
         "entries": r.seqs,
     }
 
 
-def _location(j: Job) -> str | None:
-    loc = j.facets.get("sourceCodeLocation")
+def _location(facets: dict[str, Any]) -> str | None:
+    loc = facets.get("sourceCodeLocation")
     url = loc.get("url") if isinstance(loc, dict) else None
     return url if isinstance(url, str) else None
 
 
 def job_json(v: JobView) -> dict[str, Any]:
     j = v.row
-    return _job(j, v.edges) | {"latestRun": run_json(v.latest) if v.latest else None}
+    return _job(j, v.edges, v.facets) | {"latestRun": run_json(v.latest) if v.latest else None}
 
 
-def _job(j: Job, edges: list[tuple[str, Dataset]]) -> dict[str, Any]:
+def _job(j: Job, edges: list[tuple[str, Dataset]], facets: dict[str, Any]) -> dict[str, Any]:
+    """A job's Marquez shape; `facets` as the reader redacted them (never `j.facets` itself)."""
     return {
         "id": {"namespace": j.namespace, "name": j.name},
         "type": "BATCH",
@@ -180,9 +181,9 @@ def _job(j: Job, edges: list[tuple[str, Dataset]]) -> dict[str, Any]:
         "namespace": j.namespace,
         "inputs": [{"namespace": d.namespace, "name": d.name} for direction, d in edges if direction == "in"],
         "outputs": [{"namespace": d.namespace, "name": d.name} for direction, d in edges if direction == "out"],
-        "location": _location(j),
+        "location": _location(facets),
         "description": None,
-        "facets": j.facets,
+        "facets": facets,
         "currentVersion": j.code_version,
         "labels": [],
         "tags": [],
@@ -225,12 +226,12 @@ def graph_json(g: Graph) -> dict[str, Any]:
             {
                 "id": nid,
                 "type": "JOB",
-                "data": _job(j, []) | {"latestRun": None, "latestRunId": j.latest_run_id},
+                "data": _job(j, [], g.job_facets.get(j.id, {})) | {"latestRun": None, "latestRunId": j.latest_run_id},  # type: ignore[arg-type]
                 "inEdges": in_edges.get(nid, []),
                 "outEdges": out_edges.get(nid, []),
             }
         )
-    return {"graph": nodes}
+    return {"graph": nodes, **({"truncated": True} if g.truncated else {})}
 
 
 def _field_node_id(namespace: str, dataset: str, field: str) -> str:

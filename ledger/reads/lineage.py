@@ -89,16 +89,22 @@ class DatasetView:
 
 @dataclass(frozen=True)
 class RunView:
+    """A run as one principal may see it: `facets` redacted by the tags of the data it touched."""
+
     row: Run
     job: Job | None
     io: list[tuple[RunDataset, Dataset]] = field(default_factory=list)
+    facets: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class JobView:
+    """A job as one principal may see it: `facets` redacted by the tags of the data its runs touched."""
+
     row: Job
     edges: list[tuple[str, Dataset]]
     latest: RunView | None
+    facets: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,8 @@ class Graph:
     datasets: list[DatasetView]
     jobs: list[Job]
     edges: list[tuple[Job, Dataset, str]]
+    job_facets: dict[int, dict[str, Any]] = field(default_factory=dict)  # job id -> facets, redacted
+    truncated: bool = False
 
 
 @dataclass(frozen=True)
@@ -248,6 +256,25 @@ class LineageReader:
             out.append(DatasetView(d, t, facets, hidden))
         return out
 
+    # --- job and run facets follow the data (DESIGN.md 6) -------------------------------------------
+
+    def _touched_tags(self, dataset_ids: set[int]) -> list[str]:
+        """The effective tags of the datasets a run or a job read or wrote."""
+        tags = effective_tags(self.s, dataset_ids) if dataset_ids else {}
+        return sorted({t for row in tags.values() for t in row.effective})
+
+    def _follow(self, facets: dict[str, Any], dataset_ids: set[int]) -> dict[str, Any]:
+        """Job or run facets as this principal may see them: the allowlist of dataset facets applies
+        when the data the run (or the job's runs) touched carries a tag it is not cleared for, since
+        a `sql` facet or an `errorMessage` can hold that data as well as the dataset can."""
+        if not facets or self.viewer.clearances >= SENSITIVE:
+            return facets
+        return redacted(facets, self._touched_tags(dataset_ids), self.viewer.clearances)
+
+    def _run_view(self, r: Run, j: Job | None) -> RunView:
+        io = self._run_io(r.run_id)
+        return RunView(r, j, io, self._follow(r.facets, {d.id for _, d in io}))  # type: ignore[misc]
+
     # --- namespaces -------------------------------------------------------------------------------
 
     def namespaces(self, *, limit: int, offset: int) -> tuple[int, list[Namespace]]:
@@ -307,7 +334,7 @@ class LineageReader:
         if v.produced_by_run:
             run = self.s.get(Run, v.produced_by_run)
             if run is not None:
-                producer = RunView(run, self.s.get(Job, run.job_id))
+                producer = self._run_view(run, self.s.get(Job, run.job_id))
         return VersionView(view, v, producer)
 
     # --- jobs and runs ----------------------------------------------------------------------------
@@ -333,7 +360,9 @@ class LineageReader:
 
     def _job_view(self, j: Job) -> JobView:
         latest = self.s.get(Run, j.latest_run_id) if j.latest_run_id else None
-        return JobView(j, self._job_edges(j), RunView(latest, j, self._run_io(latest.run_id)) if latest else None)
+        edges = self._job_edges(j)
+        facets = self._follow(j.facets, {d.id for _, d in edges})  # type: ignore[misc]
+        return JobView(j, edges, self._run_view(latest, j) if latest else None, facets)
 
     def _job_edges(self, j: Job) -> list[tuple[str, Dataset]]:
         q = (
@@ -349,7 +378,7 @@ class LineageReader:
         where = col(Run.job_id) == j.id
         total = self.s.execute(select(func.count()).select_from(Run).where(where)).scalar_one()
         q = select(Run).where(where).order_by(col(Run.first_seq).desc()).limit(limit).offset(offset)
-        return int(total), [RunView(r, j, self._run_io(r.run_id)) for r in self.s.execute(q).scalars()]
+        return int(total), [self._run_view(r, j) for r in self.s.execute(q).scalars()]
 
     def run(self, run_id: str) -> RunView:
         r = self.s.get(Run, run_id.lower())
@@ -357,7 +386,7 @@ class LineageReader:
         if r is None or (j is not None and not self.viewer.may_read_namespace(j.namespace)):
             # Out of scope reads as absent: a run id names no namespace the caller could have known.
             raise NotFoundError(f"run {run_id!r} not found", field="runId")
-        return RunView(r, j, self._run_io(r.run_id))
+        return self._run_view(r, j)
 
     def _run_io(self, run_id: str) -> list[tuple[RunDataset, Dataset]]:
         q = (
@@ -425,10 +454,14 @@ class LineageReader:
         }
         job_rows = {j.id: j for j in self._load(Job, Job.id, jobs) if self.viewer.may_read_namespace(j.namespace)}
         edges = [(job_rows[j], ds_rows[d], dirn) for j, d, dirn in sorted(set(rows)) if j in job_rows and d in ds_rows]
+        touched: dict[int, set[int]] = {}
+        for j, d, _dirn in rows:  # every dataset of the job, in scope or not, decides its redaction
+            touched.setdefault(j, set()).add(d)
         return Graph(
             datasets=self._views(sorted(ds_rows.values(), key=lambda d: (d.namespace, d.name))),
             jobs=sorted(job_rows.values(), key=lambda j: (j.namespace, j.name)),
             edges=edges,
+            job_facets={i: self._follow(j.facets, touched.get(i, set())) for i, j in job_rows.items()},
         )
 
     # One recursive query walks the job-to-job adjacency (a job is upstream of another when it
@@ -662,37 +695,40 @@ class LineageReader:
         for v, direction, ns, name in self.s.execute(q).all():
             edges.setdefault(v, []).append((direction, ns, name))
         out = []
+        job_own = self._follow(j.facets, {d.id for _, d in self._job_edges(j)})  # type: ignore[misc]
         for v, first, last in rows:
             run = latest.get(last)
-            facets = job_facets.get(run.run_id, {}) if run is not None else {}
-            location = job_location(facets) or (job_location(j.facets) if v == j.code_version else None)
-            view = RunView(run, j, self._run_io(run.run_id)) if run is not None else None
+            view = self._run_view(run, j) if run is not None else None
+            facets = self._follow(job_facets.get(run.run_id, {}), {d.id for _, d in view.io}) if view else {}  # type: ignore[misc,union-attr]
+            location = job_location(facets) or (job_location(job_own) if v == j.code_version else None)
             out.append(JobVersionView(j, v, times.get(first, j.created_at), location, edges.get(v, []), view))
         return out
 
     def _declared_version(self, j: Job, version: str) -> JobVersionView:
         """A code version only a JobEvent carries so far: the job's own datasets, no run; created at
         the job's last update (the projection keeps no earlier time for it)."""
-        edges = [(direction, d.namespace, d.name) for direction, d in self._job_edges(j)]
-        return JobVersionView(j, version, j.updated_at, job_location(j.facets), edges, None)
+        own = self._job_edges(j)
+        edges = [(direction, d.namespace, d.name) for direction, d in own]
+        location = job_location(self._follow(j.facets, {d.id for _, d in own}))  # type: ignore[misc]
+        return JobVersionView(j, version, j.updated_at, location, edges, None)
 
     def run_facets(self, run_id: str, kind: str) -> tuple[str, dict[str, Any]]:
         """Marquez's `GET /jobs/runs/<id>/facets?type=run|job`: the run's facets as `/jobs/runs/<id>`
         serves them, or the job facets its own events carried (merged in log order). Out of scope
         reads as absent, as for the run itself."""
-        r = self.run(run_id).row
+        view = self.run(run_id)
+        r = view.row
         if kind == "run":
-            return r.run_id, r.facets
+            return r.run_id, view.facets
         if kind == "job":
-            return r.run_id, self._run_job_facets([r]).get(r.run_id, {})
+            return r.run_id, self._follow(self._run_job_facets([r]).get(r.run_id, {}), {d.id for _, d in view.io})  # type: ignore[misc]
         raise InvalidRequestError("type must be run or job", field="type")
 
     def _run_job_facets(self, runs: list[Run]) -> dict[str, dict[str, Any]]:
         """run id -> the job facets of its run events, a facet of the same name replacing the earlier.
 
         Read from the log's payloads (the projection keeps only the job's latest facets); an erased
-        payload contributes nothing. Job facets are served as `/jobs/<job>` serves them: they describe
-        the job, not a dataset's content, so classification does not withhold them.
+        payload contributes nothing. The caller redacts them by the data the run touched (`_follow`).
         """
         owner = {seq: r.run_id for r in runs for seq in r.seqs}
         out: dict[str, dict[str, Any]] = {r.run_id: {} for r in runs}
