@@ -257,7 +257,8 @@ def test_run_facets_are_the_runs_and_its_events_job_facets(client, tokens, runti
         "documentation": {"description": "loads"},
     }
     withheld = {"facets": ["custom", "nominalTime"], "missing_clearances": ["pii"]}
-    assert _get(client, tokens.auditor, f"/api/v1/jobs/runs/{run_id}/facets?type=run")["facets"] == {"redacted": withheld}
+    run_facets = _get(client, tokens.auditor, f"/api/v1/jobs/runs/{run_id}/facets?type=run")["facets"]
+    assert run_facets == {"redacted": withheld}
     assert _get(client, tokens.auditor, f"/api/v1/jobs/runs/{run_id}/facets?type=job")["facets"] == {
         "redacted": {"facets": ["documentation", "sql"], "missing_clearances": ["pii"]}
     }
