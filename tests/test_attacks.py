@@ -161,12 +161,28 @@ def test_job_and_run_facets_follow_the_tags_of_the_data_their_runs_touched(clien
     run_id = str(uuid.uuid4())
     sql = {"sql": {"query": f"SELECT * FROM customers WHERE ssn = '{SSN}'"}}
     out = dataset("B", "report", version={"datasetVersion": "r1"})
-    assert post(run_event(run_id=run_id, namespace="B", job="report", event_type="START", job_facets=sql,
-                          inputs=[dataset("B", "customers")], outputs=[out])).status_code == 201
+    assert (
+        post(
+            run_event(
+                run_id=run_id,
+                namespace="B",
+                job="report",
+                event_type="START",
+                job_facets=sql,
+                inputs=[dataset("B", "customers")],
+                outputs=[out],
+            )
+        ).status_code
+        == 201
+    )
     # The run's last event names no dataset, yet its errorMessage holds the SSN.
     err = {"errorMessage": {"message": f"bad row {SSN}", "programmingLanguage": "python"}}
-    assert post(run_event(run_id=run_id, namespace="B", job="report", event_type="FAIL", job_facets=sql,
-                          run_facets=err)).status_code == 201
+    assert (
+        post(
+            run_event(run_id=run_id, namespace="B", job="report", event_type="FAIL", job_facets=sql, run_facets=err)
+        ).status_code
+        == 201
+    )
     r = client.post("/api/v1/models/m/versions", json=registration(run_id, "1"), headers=auth(tokens.pipeline))
     assert r.status_code == 201, r.get_json()
     seqs = [e["header"]["seq"] for e in client_entries(client.application, tokens.security, f"run:{run_id}")]
@@ -204,8 +220,118 @@ def test_job_and_run_facets_follow_the_tags_of_the_data_their_runs_touched(clien
             assert r.status_code == 200, (route, who)
             assert SSN not in r.get_data(as_text=True), (route, who)
     # The cleared principal reads them (so the checks above can fail).
-    for route in (f"/api/v1/jobs/runs/{run_id}", "/api/v1/namespaces/B/jobs/report",
-                  f"/api/v1/jobs/runs/{run_id}/facets?type=job", "/api/v1/lineage?nodeId=job:B:report&depth=2"):
+    for route in (
+        f"/api/v1/jobs/runs/{run_id}",
+        "/api/v1/namespaces/B/jobs/report",
+        f"/api/v1/jobs/runs/{run_id}/facets?type=job",
+        "/api/v1/lineage?nodeId=job:B:report&depth=2",
+    ):
         assert SSN in client.get(route, headers=auth(tokens.security)).get_data(as_text=True), route
     run = client.get(f"/api/v1/jobs/runs/{run_id}", headers=auth(tokens.auditor)).get_json()
     assert run["facets"]["redacted"] == {"facets": ["errorMessage"], "missing_clearances": ["pii"]}
+
+
+# --- 4. scopes on models and provenance ------------------------------------------------------------
+
+
+def _same_as_missing(present: Any, missing: Any, present_name: str, missing_name: str) -> None:
+    """Two answers equal once the names they echo are swapped: out of scope reads as absent."""
+    assert present.status_code == missing.status_code == 404
+    assert present.get_data(as_text=True).replace(present_name, missing_name) == missing.get_data(as_text=True)
+
+
+def test_models_and_provenance_belong_to_the_namespace_of_their_training_run(client, runtime, tokens) -> None:
+    from pipeline import registration, validation
+
+    team_a, team_b = _scoped(runtime, "team-a", "A"), _scoped(runtime, "team-b", "B")
+    b_run, a_run = str(uuid.uuid4()), str(uuid.uuid4())
+    post = lambda ev, t: client.post("/api/v1/lineage", json=ev, headers=auth(t))  # noqa: E731
+    assert (
+        post(run_event(run_id=b_run, namespace="B", job="train", outputs=[dataset("B", "x")]), team_b).status_code
+        == 201
+    )
+    assert (
+        post(
+            run_event(
+                run_id=a_run, namespace="A", job="train", inputs=[dataset("B", "x")], outputs=[dataset("A", "m")]
+            ),
+            team_a,
+        ).status_code
+        == 201
+    )
+    assert (
+        client.post("/api/v1/models/bm/versions", json=registration(b_run, "1"), headers=auth(team_b)).status_code
+        == 201
+    )
+    assert (
+        client.post("/api/v1/models/am/versions", json=registration(a_run, "1"), headers=auth(team_a)).status_code
+        == 201
+    )
+
+    # Reads: B's model is absent for A, exactly as a missing one.
+    assert [m["name"] for m in client.get("/api/v1/models", headers=auth(team_a)).get_json()["models"]] == ["am"]
+    assert [m["name"] for m in client.get("/api/v1/models", headers=auth(tokens.auditor)).get_json()["models"]] == [
+        "am",
+        "bm",
+    ]
+    for path in (
+        "/api/v1/models/{}/versions/1",
+        "/api/v1/provenance/models/{}/versions/1",
+        "/api/v1/provenance/models/{}/versions/1/bundle",
+    ):
+        _same_as_missing(
+            client.get(path.format("bm"), headers=auth(team_a)),
+            client.get(path.format("nosuch"), headers=auth(team_a)),
+            "bm",
+            "nosuch",
+        )
+        assert client.get(path.format("bm"), headers=auth(team_b)).status_code == 200
+    # Writes: as about a missing version, or a missing training run.
+    for path, body in (
+        ("/api/v1/models/{}/versions/1/validations", validation("performance")),
+        ("/api/v1/models/{}/versions/1/promotions", {"stage": "staging"}),
+        ("/api/v1/models/{}/versions/1/deployments", {"stage": "staging", "environment": "prod"}),
+    ):
+        _same_as_missing(
+            client.post(path.format("bm"), json=body, headers=auth(team_a)),
+            client.post(path.format("nosuch"), json=body, headers=auth(team_a)),
+            "bm",
+            "nosuch",
+        )
+    missing_run = str(uuid.uuid4())
+    _same_as_missing(
+        client.post("/api/v1/models/evil/versions", json=registration(b_run, "1"), headers=auth(team_a)),
+        client.post("/api/v1/models/evil/versions", json=registration(missing_run, "1"), headers=auth(team_a)),
+        b_run,
+        missing_run,
+    )
+    r = client.post("/api/v1/models/bm/versions", json=registration(a_run, "2"), headers=auth(team_a))
+    assert r.status_code == 403 and r.get_json()["field"] == "name"
+    # A's own model trained on B's data: its provenance and graph name nothing of B's runs or jobs.
+    report = client.get("/api/v1/provenance/models/am/versions/1", headers=auth(team_a)).get_json()
+    assert [r["id"] for r in report["upstream"]["runs"]] == [a_run]
+    assert [j["namespace"] for j in report["upstream"]["jobs"]] == ["A"]
+    assert {d["namespace"] for d in report["upstream"]["datasets"]} <= {"A"}
+    bundle = client.get("/api/v1/provenance/models/am/versions/1/bundle", headers=auth(team_a)).get_data(as_text=True)
+    assert b_run not in bundle.replace(f"run:{b_run}", "")  # entry headers are public; nothing else names it
+    job = client.get("/api/v1/namespaces/A/jobs/train", headers=auth(team_a)).get_json()
+    assert job["inputs"] == [] and job["outputs"] == [{"namespace": "A", "name": "m"}]
+    run = client.get(f"/api/v1/jobs/runs/{a_run}", headers=auth(team_a)).get_json()
+    assert [v["datasetVersionId"]["namespace"] for v in run["inputDatasetVersions"]] == []
+    graph = client.get("/api/v1/lineage?nodeId=dataset:A:m&depth=5", headers=auth(team_a)).get_json()
+    assert "B" not in {n["id"].split(":")[1] for n in graph["graph"]}
+    assert "B:" not in str([n["inEdges"] + n["outEdges"] for n in graph["graph"]])
+    # A node of B answers as a missing node does.
+    _same_as_missing(
+        client.get("/api/v1/lineage?nodeId=dataset:B:x", headers=auth(team_a)),
+        client.get("/api/v1/lineage?nodeId=dataset:B:nosuch", headers=auth(team_a)),
+        "B:x",
+        "B:nosuch",
+    )
+    _same_as_missing(
+        client.get("/api/v1/lineage?nodeId=job:B:train", headers=auth(team_a)),
+        client.get("/api/v1/lineage?nodeId=job:B:nosuch", headers=auth(team_a)),
+        "B:train",
+        "B:nosuch",
+    )
+    assert client.get("/api/v1/lineage?nodeId=dataset:B:x", headers=auth(team_b)).status_code == 200

@@ -8,7 +8,6 @@ from typing import Any
 
 from flask import Response, current_app, jsonify
 from flask_smorest import Blueprint
-from sqlalchemy import func, select
 
 from ledger.api.auth import current_principal, requires
 from ledger.api.body import json_body
@@ -30,10 +29,9 @@ from ledger.errors import (
     UnprocessableError,
     VerificationError,
 )
-from ledger.governance.models import ModelVersion
 from ledger.governance.projection import require_version
 from ledger.governance.provenance import promotion_input
-from ledger.governance.service import GovernanceService
+from ledger.governance.service import GovernanceService, visible_model_versions
 from ledger.policy.engine import oversized_list
 from ledger.runtime import Runtime
 from ledger.security.visibility import withhold_for
@@ -137,19 +135,10 @@ def deploy(name: str, version: str) -> tuple[Response, int]:
 @requires(*READ)
 def models() -> Response:
     with _rt().db.read() as s:
-        rows = s.execute(
-            select(ModelVersion.name, func.count(), func.max(ModelVersion.seq))
-            .group_by(ModelVersion.name)
-            .order_by(ModelVersion.name)
-        ).all()
-        out = []
-        for name, count, _ in rows:
-            versions = (
-                s.execute(select(ModelVersion.version).where(ModelVersion.name == name).order_by(ModelVersion.seq))
-                .scalars()
-                .all()
-            )
-            out.append({"name": name, "versions": list(versions), "version_count": count})
+        by_name: dict[str, list[str]] = {}
+        for mv in visible_model_versions(s, current_principal()):  # a model is its training run's namespace's
+            by_name.setdefault(mv.name, []).append(mv.version)
+    out = [{"name": n, "versions": v, "version_count": len(v)} for n, v in sorted(by_name.items())]
     return jsonify({"models": out})
 
 
@@ -158,7 +147,7 @@ def models() -> Response:
 @requires(*READ)
 def model_version(name: str, version: str) -> Response:
     """A model version with its current stage per environment and its verdicts."""
-    return jsonify({"model": _gov().model(_name(name), version)})
+    return jsonify({"model": _gov().model(_name(name), version, current_principal())})
 
 
 @blp.route("/provenance/models/<name:name>/versions/<name:version>", methods=["GET"])
@@ -166,7 +155,7 @@ def model_version(name: str, version: str) -> Response:
 @requires(*READ)
 def provenance(name: str, version: str) -> Response:
     """The upstream closure, validations, approvals, decisions, deployments and the three verdicts."""
-    return jsonify(_gov().report(_name(name), version))
+    return jsonify(_gov().report(_name(name), version, current_principal()))
 
 
 @blp.route("/provenance/models/<name:name>/versions/<name:version>/bundle", methods=["GET"])
@@ -174,7 +163,7 @@ def provenance(name: str, version: str) -> Response:
 @requires(*READ)
 def bundle(name: str, version: str) -> Response:
     """A self-contained audit bundle; `ledger verify BUNDLE --key VKEY` checks it offline."""
-    doc = _gov().bundle(_name(name), version)
+    doc = _gov().bundle(_name(name), version, current_principal())
     withhold_for(current_principal(), _rt().db, doc["entries"])
     return jsonify(doc)
 

@@ -18,12 +18,12 @@ from typing import Any
 
 from sqlmodel import Session
 
-from ledger.errors import ConflictError, NotFoundError, PolicyDeniedError, UnprocessableError
+from ledger.errors import ConflictError, NotFoundError, PermissionDeniedError, PolicyDeniedError, UnprocessableError
 from ledger.governance.models import ModelVersion, PromotionDecision
 from ledger.governance.projection import find_version, require_version
 from ledger.governance.provenance import input_subjects, promotion_input, provenance_report
 from ledger.lineage.events import LINEAGE_KINDS
-from ledger.lineage.models import Run
+from ledger.lineage.models import Job, Run
 from ledger.policy.engine import PolicyEngine, PolicyResult
 from ledger.security.principals import AuthenticatedPrincipal
 from ledger.store.ledger import Clause, Ledger, Receipt, StaleStateError, Unless, prove_entries
@@ -56,6 +56,41 @@ def compute_passed(metrics: dict[str, Any], thresholds: dict[str, Any]) -> tuple
 
 def _subject(name: str, version: str) -> str:
     return f"model:{name}@{version}"
+
+
+def model_namespace(session: Session, mv: ModelVersion | str) -> str | None:
+    """The namespace a model version belongs to: its training run's job's (None: run unknown)."""
+    run_id = mv if isinstance(mv, str) else mv.training_run_id
+    run = session.get(Run, run_id)
+    job = session.get(Job, run.job_id) if run is not None else None
+    return job.namespace if job is not None else None
+
+
+def scoped_version(
+    session: Session, name: str, version: str, principal: AuthenticatedPrincipal, *, write: bool
+) -> ModelVersion:
+    """The version, if `principal` may read it (or, with `write`, write about it); otherwise the
+    very answer a missing version gets (DESIGN.md 6: out of scope reads as absent)."""
+    mv = require_version(session, name, version)
+    ns = model_namespace(session, mv)
+    allowed = principal.may_write_namespace if write else principal.may_read_namespace
+    if (ns is None and principal.reads_scoped) or (ns is not None and not allowed(ns)):
+        raise NotFoundError(f"model {name!r} has no version {version!r}", field="version")
+    return mv
+
+
+def visible_model_versions(session: Session, principal: AuthenticatedPrincipal) -> list[ModelVersion]:
+    """Every model version `principal` may read, in registration order (one query)."""
+    from sqlalchemy import select
+
+    q = select(ModelVersion).order_by(ModelVersion.seq)  # type: ignore[arg-type]
+    if principal.reads_scoped:
+        q = (
+            q.join(Run, Run.run_id == ModelVersion.training_run_id)  # type: ignore[arg-type]
+            .join(Job, Job.id == Run.job_id)  # type: ignore[arg-type]
+            .where(Job.namespace.in_(sorted(principal.namespaces)))  # type: ignore[attr-defined]
+        )
+    return list(session.execute(q).scalars())
 
 
 MAX_ATTEMPTS = 5
@@ -109,9 +144,16 @@ class GovernanceService:
         def decide(session: Session, _w: int) -> tuple[PendingEntry, Unless]:
             if find_version(session, name, version) is not None:
                 raise ConflictError(f"model {name!r} version {version!r} is registered already", field="version")
-            if session.get(Run, payload["training_run_id"]) is None:
+            ns = model_namespace(session, payload["training_run_id"])
+            if ns is None or not principal.may_write_namespace(ns):  # out of scope reads as absent
                 raise NotFoundError(
                     f"training run {body['training_run_id']} is not recorded in the log", field="training_run_id"
+                )
+            others = {model_namespace(session, mv) for mv in _versions_of(session, name)} - {ns}
+            if any(o is None or not principal.may_write_namespace(o) for o in others):
+                raise PermissionDeniedError(
+                    f"model {name!r} has versions in namespaces principal {principal.name!r} may not write",
+                    field="name",
                 )
             entry = PendingEntry(kind="model.version", subject=subject, principal=principal.name, payload=payload)
             # Not registered twice, whatever arrives between this check and the append.
@@ -120,11 +162,14 @@ class GovernanceService:
         _, receipt = self._decide(decide)
         return Recorded({**payload, "registered_by": principal.name, "seq": receipt.seq}, receipt)
 
-    def _record_on_version(self, name: str, version: str, entry: PendingEntry) -> Receipt:
-        """An entry about a registered version (registrations are never undone: no precondition)."""
+    def _record_on_version(
+        self, name: str, version: str, entry: PendingEntry, principal: AuthenticatedPrincipal
+    ) -> Receipt:
+        """An entry about a registered version (registrations are never undone: no precondition);
+        refused as a missing version outside the principal's namespaces."""
 
         def decide(session: Session, _w: int) -> tuple[PendingEntry, None]:
-            require_version(session, name, version)
+            scoped_version(session, name, version, principal, write=True)
             return entry, None
 
         return self._decide(decide)[1]
@@ -161,6 +206,7 @@ class GovernanceService:
             PendingEntry(
                 kind="validation.result", subject=_subject(name, version), principal=principal.name, payload=payload
             ),
+            principal,
         )
         return Recorded({**payload, "seq": receipt.seq}, receipt)
 
@@ -170,6 +216,7 @@ class GovernanceService:
             name,
             version,
             PendingEntry(kind="approval", subject=_subject(name, version), principal=principal.name, payload=payload),
+            principal,
         )
         return Recorded({**payload, "seq": receipt.seq}, receipt)
 
@@ -180,7 +227,7 @@ class GovernanceService:
         subject = _subject(name, version)
 
         def decide(session: Session, w: int) -> tuple[PendingEntry, Unless]:
-            mv = require_version(session, name, version)
+            mv = scoped_version(session, name, version, principal, write=True)
             doc = promotion_input(
                 session,
                 mv,
@@ -239,7 +286,7 @@ class GovernanceService:
         subject = _subject(name, version)
 
         def decide(session: Session, w: int) -> tuple[PendingEntry, Unless]:
-            mv = require_version(session, name, version)
+            mv = scoped_version(session, name, version, principal, write=True)
             decision = _latest_decision(session, mv, stage)
             payload: dict[str, Any] = {
                 "environment": body["environment"],
@@ -263,23 +310,27 @@ class GovernanceService:
 
     # --- reads -----------------------------------------------------------------------------------
 
-    def model(self, name: str, version: str) -> dict[str, Any]:
-        with self.ledger.db.read() as session:
-            mv = require_version(session, name, version)
-            report = provenance_report(session, mv, tree_size(session))
+    def model(self, name: str, version: str, viewer: AuthenticatedPrincipal) -> dict[str, Any]:
+        report = self.report(name, version, viewer)
         stages: dict[str, Any] = {}
         for d in report["deployments"]:
             if not d["refused"]:
                 stages[d["environment"]] = {"stage": d["stage"], "endpoint": d["endpoint"], "seq": d["seq"]}
         return {**report["model"], "current_stage": stages, "verdicts": report["verdicts"]}
 
-    def report(self, name: str, version: str) -> dict[str, Any]:
+    def report(self, name: str, version: str, viewer: AuthenticatedPrincipal) -> dict[str, Any]:
+        """The provenance report as `viewer` may read it: absent outside its namespaces, and the
+        upstream runs, jobs, datasets and classifications of namespaces it does not read left out
+        (their entries stay cited, with payloads withheld, so the bundle still verifies)."""
         with self.ledger.db.read() as session:
-            mv = require_version(session, name, version)
-            return provenance_report(session, mv, tree_size(session))
+            mv = scoped_version(session, name, version, viewer, write=False)
+            report = provenance_report(session, mv, tree_size(session))
+            if viewer.reads_scoped:
+                _scope_upstream(session, report, viewer)
+            return report
 
-    def bundle(self, name: str, version: str) -> dict[str, Any]:
-        report = self.report(name, version)
+    def bundle(self, name: str, version: str, viewer: AuthenticatedPrincipal) -> dict[str, Any]:
+        report = self.report(name, version, viewer)
         proven = prove_entries(self.ledger, report["entries"])
         return {
             "format": "ledger-bundle/v1",
@@ -291,6 +342,32 @@ class GovernanceService:
                 for s in report["entries"]
             ],
         }
+
+
+def _versions_of(session: Session, name: str) -> list[ModelVersion]:
+    from sqlalchemy import select
+
+    return list(session.execute(select(ModelVersion).where(ModelVersion.name == name)).scalars())  # type: ignore[arg-type]
+
+
+def _scope_upstream(session: Session, report: dict[str, Any], viewer: AuthenticatedPrincipal) -> None:
+    """Leaves out of `report` the upstream runs, jobs, datasets and classifications of namespaces
+    `viewer` does not read, and names no run it cannot see."""
+    up = report["upstream"]
+    runs = {r["id"] for r in up["runs"]}
+    visible: set[str] = set()
+    for run_id in runs:
+        ns = model_namespace(session, run_id)
+        if ns is not None and viewer.may_read_namespace(ns):
+            visible.add(run_id)
+    up["runs"] = [r for r in up["runs"] if r["id"] in visible]
+    up["jobs"] = [j for j in up["jobs"] if viewer.may_read_namespace(j["namespace"])]
+    up["datasets"] = [d for d in up["datasets"] if viewer.may_read_namespace(d["namespace"])]
+    for d in up["datasets"]:
+        if d.get("produced_by_run") not in visible:
+            d["produced_by_run"] = None
+        d["consumed_by_runs"] = [r for r in d.get("consumed_by_runs") or [] if r in visible]
+    report["classifications"] = [c for c in report["classifications"] if viewer.may_read_namespace(c["namespace"])]
 
 
 def _latest_decision(session: Session, mv: ModelVersion, stage: str) -> PromotionDecision | None:

@@ -273,7 +273,8 @@ class LineageReader:
 
     def _run_view(self, r: Run, j: Job | None) -> RunView:
         io = self._run_io(r.run_id)
-        return RunView(r, j, io, self._follow(r.facets, {d.id for _, d in io}))  # type: ignore[misc]
+        facets = self._follow(r.facets, {d.id for _, d in io})  # type: ignore[misc]
+        return RunView(r, j, [(e, d) for e, d in io if self.viewer.may_read_namespace(d.namespace)], facets)
 
     # --- namespaces -------------------------------------------------------------------------------
 
@@ -362,6 +363,7 @@ class LineageReader:
         latest = self.s.get(Run, j.latest_run_id) if j.latest_run_id else None
         edges = self._job_edges(j)
         facets = self._follow(j.facets, {d.id for _, d in edges})  # type: ignore[misc]
+        edges = [(dirn, d) for dirn, d in edges if self.viewer.may_read_namespace(d.namespace)]  # scope: graph edges
         return JobView(j, edges, self._run_view(latest, j) if latest else None, facets)
 
     def _job_edges(self, j: Job) -> list[tuple[str, Dataset]]:
@@ -383,7 +385,9 @@ class LineageReader:
     def run(self, run_id: str) -> RunView:
         r = self.s.get(Run, run_id.lower())
         j = self.s.get(Job, r.job_id) if r is not None else None
-        if r is None or (j is not None and not self.viewer.may_read_namespace(j.namespace)):
+        if r is None or (
+            not self.viewer.may_read_namespace(j.namespace) if j is not None else self.viewer.reads_scoped
+        ):
             # Out of scope reads as absent: a run id names no namespace the caller could have known.
             raise NotFoundError(f"run {run_id!r} not found", field="runId")
         return self._run_view(r, j)
@@ -399,13 +403,15 @@ class LineageReader:
 
     # --- node ids ---------------------------------------------------------------------------------
 
+    # A node outside the principal's scope answers as a missing one does: the same 404, after the
+    # same work (DESIGN.md 6), so a node id cannot probe another namespace.
+
     def _node_dataset(self, node: NodeId) -> tuple[Dataset, NodeRef]:
         for ref in list(_take(node.candidates(), MAX_NODE_READINGS)):
             d = self.s.execute(
                 select(Dataset).where(col(Dataset.namespace) == ref.namespace, col(Dataset.name) == ref.name)
             ).scalar_one_or_none()
-            if d is not None:
-                self._scope(d.namespace)
+            if d is not None and self.viewer.may_read_namespace(d.namespace):
                 return d, ref
         raise NotFoundError(f"no dataset is node {str(node)[:200]!r}", field="nodeId")
 
@@ -414,8 +420,7 @@ class LineageReader:
             j = self.s.execute(
                 select(Job).where(col(Job.namespace) == ref.namespace, col(Job.name) == ref.name)
             ).scalar_one_or_none()
-            if j is not None:
-                self._scope(j.namespace)
+            if j is not None and self.viewer.may_read_namespace(j.namespace):
                 return j
         raise NotFoundError(f"no job is node {str(node)[:200]!r}", field="nodeId")
 
