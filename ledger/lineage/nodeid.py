@@ -12,6 +12,10 @@ follows Marquez's `NodeId.parts` (api/src/main/java/marquez/service/models/NodeI
 Marquez fails outright on an id its rule cannot split (a namespace `team:a`, a name starting with a
 digit after a port); `candidates()` yields Marquez's reading first, then every other split, so that
 a reader can take the first that names an existing node. Pure: no I/O.
+
+Cost: the readings are worked out once per id and at most `MAX_READINGS` of them, in time linear in
+the id's length (an id of a thousand `:` once took half a second: every split was sliced and
+compared, and a field id's splits are quadratic in number).
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 from ledger.errors import InvalidRequestError
 
 KINDS = ("dataset", "datasetField", "job", "run")
+MAX_READINGS = 32  # readings of one id a reader may try against the projections
 _PARTS = {"dataset": 3, "datasetField": 4, "job": 3, "run": 2}
 # Marquez: Pattern.compile("(?:" + ID_DELIM + "(?!//|\\d+))")
 _DELIM = re.compile(r":(?!//|\d)")
@@ -83,14 +89,21 @@ class NodeId:
         return out
 
     def candidates(self) -> Iterator[NodeRef]:
-        """Readings of a dataset, field or job id, Marquez's first, then every other split."""
+        """Readings of a dataset, field or job id, Marquez's first, then every other split (at most
+        `MAX_READINGS`, worked out once)."""
+        return iter(self._candidates)
+
+    @cached_property
+    def _candidates(self) -> tuple[NodeRef, ...]:
         if self.kind == "run":
-            return
-        seen: set[NodeRef] = set()
-        for ref in self._readings():
-            if ref not in seen and ref.namespace and ref.name and (self.kind != "datasetField" or ref.field):
-                seen.add(ref)
-                yield ref
+            return ()
+        seen: dict[NodeRef, None] = {}
+        for tried, ref in enumerate(self._readings()):
+            if len(seen) >= MAX_READINGS or tried >= 4 * MAX_READINGS:
+                break
+            if ref.namespace and ref.name and (self.kind != "datasetField" or ref.field):
+                seen.setdefault(ref)
+        return tuple(seen)
 
     def _readings(self) -> Iterator[NodeRef]:
         parts = self.marquez_parts()
@@ -100,17 +113,27 @@ class NodeId:
             yield self._ref([*names, last], version if hashed else None)
             if hashed:
                 yield self._ref([*names, f"{last}#{version}"], None)
-        # Every other split: the names may hold any character, `:` and `#` included.
+        # Every other split: the names may hold any character, `:` and `#` included. A split that
+        # leaves a name empty is skipped by its positions alone, before any slicing, so the caller's
+        # bound on readings bounds the work.
         for body, version in [(self.value, None), *self._versioned()]:
+            n = len(body)
             colons = [i for i, c in enumerate(body) if c == ":"]
-            need = _PARTS[self.kind] - 2  # colons between the names
-            if need == 1:
+            if _PARTS[self.kind] - 2 == 1:  # one colon between namespace and name
                 for i in reversed(colons):
-                    yield self._ref([body[:i], body[i + 1 :]], version)
+                    if 0 < i < n - 1:
+                        yield self._ref([body[:i], body[i + 1 :]], version)
             else:  # datasetField: namespace, name, field
-                for j in reversed(colons):
-                    for i in reversed([c for c in colons if c < j]):
-                        yield self._ref([body[:i], body[i + 1 : j], body[j + 1 :]], version)
+                for jx in range(len(colons) - 1, 0, -1):
+                    j = colons[jx]
+                    if j >= n - 1:
+                        continue
+                    for ix in range(jx - 1, -1, -1):
+                        i = colons[ix]
+                        if i == 0:
+                            break
+                        if j - i > 1:
+                            yield self._ref([body[:i], body[i + 1 : j], body[j + 1 :]], version)
 
     def _versioned(self) -> list[tuple[str, str | None]]:
         body, hashed, version = self.value.rpartition("#")

@@ -9,6 +9,7 @@ the clearance for its sensitive tags (`redacted`). Every list is paged with a ca
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,8 +30,14 @@ from ledger.tlog.entry import format_time
 
 MAX_DEPTH = 100
 MAX_PAGE = 1000
-# Readings of an ambiguous nodeId tried against the projections (see ledger.lineage.nodeid).
-MAX_NODE_READINGS = 32
+# A lineage graph answer is bounded whatever the depth: at most this many nodes (jobs and datasets)
+# and job-dataset edges, found within this wall-clock budget (each query is bounded too, by its IN
+# list and, on PostgreSQL, by GRAPH_STATEMENT_TIMEOUT_MS); past any of them the walk stops and the
+# answer says `truncated`.
+MAX_GRAPH_NODES = 2000
+MAX_GRAPH_EDGES = 10_000
+GRAPH_BUDGET_SECONDS = 2.0
+GRAPH_STATEMENT_TIMEOUT_MS = 2000
 # Datasets a column-lineage walk may visit: the answer is bounded whatever the depth.
 MAX_COLUMN_DATASETS = 1000
 # Runs an upstream run-lineage walk may list: the answer is bounded whatever the depth.
@@ -407,7 +414,7 @@ class LineageReader:
     # same work (DESIGN.md 6), so a node id cannot probe another namespace.
 
     def _node_dataset(self, node: NodeId) -> tuple[Dataset, NodeRef]:
-        for ref in list(_take(node.candidates(), MAX_NODE_READINGS)):
+        for ref in node.candidates():
             d = self.s.execute(
                 select(Dataset).where(col(Dataset.namespace) == ref.namespace, col(Dataset.name) == ref.name)
             ).scalar_one_or_none()
@@ -416,7 +423,7 @@ class LineageReader:
         raise NotFoundError(f"no dataset is node {str(node)[:200]!r}", field="nodeId")
 
     def _node_job(self, node: NodeId) -> Job:
-        for ref in list(_take(node.candidates(), MAX_NODE_READINGS)):
+        for ref in node.candidates():
             j = self.s.execute(
                 select(Job).where(col(Job.namespace) == ref.namespace, col(Job.name) == ref.name)
             ).scalar_one_or_none()
@@ -429,12 +436,16 @@ class LineageReader:
     def graph(self, node: NodeId, *, depth: int, direction: str = "both") -> Graph:
         """Marquez's `GET /api/v1/lineage`: every job and dataset within `depth` job hops of the node.
 
-        One recursive query over the indexed job/dataset adjacency finds the jobs, so the cost follows
-        the size of the answer, not of the graph; `direction` limits the walk to producers
-        (upstream) or consumers (downstream). Nodes outside the principal's scope are left out.
+        A breadth-first walk over the indexed job/dataset adjacency that expands each job and each
+        dataset once (`_walk`), so the cost follows the size of the answer and is linear in it, and
+        is bounded by MAX_GRAPH_NODES, MAX_GRAPH_EDGES and GRAPH_BUDGET_SECONDS (`truncated` says the
+        walk stopped at one). `direction` limits the walk to producers (upstream) or consumers
+        (downstream). Nodes outside the principal's scope are left out and not walked through.
         """
         if direction not in ("both", "upstream", "downstream"):
             raise InvalidRequestError("direction must be both, upstream or downstream", field="direction")
+        if self.s.get_bind().dialect.name == "postgresql":
+            self.s.execute(text(f"SET LOCAL statement_timeout = {int(GRAPH_STATEMENT_TIMEOUT_MS)}"))
         datasets: set[int] = set()
         seed_ds: int | None = None
         seed_job: int | None = None
@@ -449,15 +460,17 @@ class LineageReader:
             raise InvalidRequestError("a lineage nodeId is a dataset, job or run", field="nodeId")
         up = direction in ("both", "upstream")
         down = direction in ("both", "downstream")
-        jobs = self._walk(seed_ds, seed_job, depth=depth, up=up, down=down)
-        rows = self._edges(jobs)
+        job_rows, rows, truncated = self._walk(seed_ds, seed_job, depth=depth, up=up, down=down)
         for _job_id, ds_id, dirn in rows:  # each job's datasets in the allowed directions
             if (dirn == "in" and up) or (dirn == "out" and down):
                 datasets.add(ds_id)
+        if len(datasets) + len(job_rows) > MAX_GRAPH_NODES:
+            truncated = True
+            kept = sorted(datasets - {seed_ds})[: MAX_GRAPH_NODES - len(job_rows) - (seed_ds is not None)]
+            datasets = set(kept) | ({seed_ds} if seed_ds is not None else set())
         ds_rows = {
             d.id: d for d in self._load(Dataset, Dataset.id, datasets) if self.viewer.may_read_namespace(d.namespace)
         }
-        job_rows = {j.id: j for j in self._load(Job, Job.id, jobs) if self.viewer.may_read_namespace(j.namespace)}
         edges = [(job_rows[j], ds_rows[d], dirn) for j, d, dirn in sorted(set(rows)) if j in job_rows and d in ds_rows]
         touched: dict[int, set[int]] = {}
         for j, d, _dirn in rows:  # every dataset of the job, in scope or not, decides its redaction
@@ -467,38 +480,70 @@ class LineageReader:
             jobs=sorted(job_rows.values(), key=lambda j: (j.namespace, j.name)),
             edges=edges,
             job_facets={i: self._follow(j.facets, touched.get(i, set())) for i, j in job_rows.items()},
+            truncated=truncated,
         )
 
-    # One recursive query walks the job-to-job adjacency (a job is upstream of another when it
-    # writes a dataset the other reads), so a depth-20 query costs four round trips, not forty.
-    _WALK = """
-        WITH RECURSIVE walk(job_id, depth) AS (
-            SELECT job_id, 1 FROM lineage_job_datasets
-             WHERE dataset_id = :seed_ds
-               AND ((direction = 'out' AND :up = 1) OR (direction = 'in' AND :down = 1))
-            UNION
-            SELECT CAST(:seed_job AS BIGINT), 0 WHERE CAST(:seed_job AS BIGINT) IS NOT NULL
-            UNION
-            SELECT b.job_id, w.depth + 1
-              FROM walk w
-              JOIN lineage_job_datasets a ON a.job_id = w.job_id
-              JOIN lineage_job_datasets b ON b.dataset_id = a.dataset_id AND b.job_id <> a.job_id
-             WHERE w.depth < :depth
-               AND ((a.direction = 'in' AND b.direction = 'out' AND :up = 1)
-                 OR (a.direction = 'out' AND b.direction = 'in' AND :down = 1))
-        )
-        SELECT DISTINCT job_id FROM walk WHERE depth <= :depth
-    """
+    def _walk(
+        self, seed_ds: int | None, seed_job: int | None, *, depth: int, up: bool, down: bool
+    ) -> tuple[dict[int, Job], list[tuple[int, int, str]], bool]:
+        """Breadth first from the seed: a job is upstream of another when it writes a dataset the
+        other reads. Returns the jobs reached (those this principal reads; others are not walked
+        through), every edge of theirs, and whether a bound stopped the walk.
 
-    def _walk(self, seed_ds: int | None, seed_job: int | None, *, depth: int, up: bool, down: bool) -> set[int]:
-        params = {
-            "seed_ds": seed_ds if seed_ds is not None else -1,
-            "seed_job": seed_job,
-            "depth": depth,
-            "up": int(up),
-            "down": int(down),
-        }
-        return {int(r[0]) for r in self.s.execute(text(self._WALK), params) if r[0] is not None}
+        Each job's edges are read once and each dataset's readers or writers once, one query per
+        level and kind for a whole frontier: a hub read and written by 300 jobs costs a few queries,
+        not 300 x depth walks through it."""
+        deadline = time.monotonic() + GRAPH_BUDGET_SECONDS
+        jobs: dict[int, Job] = {}
+        rows: list[tuple[int, int, str]] = []
+        expanded: set[tuple[int, str]] = set()  # (dataset, direction of the jobs wanted from it)
+        truncated = False
+
+        def neighbours(wanted: set[tuple[int, str]]) -> set[int]:
+            """The jobs with an edge of the given direction to the given datasets."""
+            found: set[int] = set()
+            for dirn in ("in", "out"):
+                ids = sorted(d for d, w in wanted if w == dirn)
+                for part in chunks(ids, 1000):
+                    q = select(JobDataset.job_id).where(
+                        col(JobDataset.dataset_id).in_(part), col(JobDataset.direction) == dirn
+                    )
+                    found.update(self.s.execute(q).scalars())
+            expanded.update(wanted)
+            return found
+
+        if seed_job is not None:
+            frontier = {seed_job}
+            level = 0
+        else:
+            wanted = {(seed_ds, "out")} if up else set()
+            wanted |= {(seed_ds, "in")} if down else set()
+            frontier = neighbours(wanted)  # type: ignore[arg-type]
+            level = 1
+        tried: set[int] = set()  # jobs loaded, in scope or not
+        while frontier and level <= depth:
+            new = frontier - tried
+            room = MAX_GRAPH_NODES - 1 - len(jobs)  # one node is left for a dataset at least
+            if len(new) > room:
+                truncated, new = True, set(sorted(new)[:room])
+            tried |= new
+            loaded = [j for j in self._load(Job, Job.id, new) if self.viewer.may_read_namespace(j.namespace)]
+            jobs.update({j.id: j for j in loaded})  # type: ignore[misc]
+            found = self._edges({j.id for j in loaded})  # type: ignore[misc]
+            if len(rows) + len(found) > MAX_GRAPH_EDGES:
+                truncated = True
+                found = found[: MAX_GRAPH_EDGES - len(rows)]
+            rows += found
+            if truncated or time.monotonic() > deadline:
+                truncated = True
+                break
+            if level == depth:
+                break
+            wanted = {(d, "out") for _, d, dirn in found if dirn == "in" and up}  # the writers of its inputs
+            wanted |= {(d, "in") for _, d, dirn in found if dirn == "out" and down}  # the readers of its outputs
+            frontier = neighbours(wanted - expanded) - tried
+            level += 1
+        return jobs, rows, truncated
 
     def _edges(self, job_ids: set[int]) -> list[tuple[int, int, str]]:
         out: list[tuple[int, int, str]] = []
@@ -1007,13 +1052,6 @@ class LineageReader:
         by_time = sort == "updated_at"
         hits.sort(key=(lambda h: h.updated_at) if by_time else (lambda h: h.name), reverse=by_time)
         return hits[:limit]
-
-
-def _take(items: Any, n: int) -> Any:
-    for i, item in enumerate(items):
-        if i >= n:
-            return
-        yield item
 
 
 def _column_nodes(view: DatasetView, visible: Any) -> list[ColumnNode]:
