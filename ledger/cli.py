@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +190,40 @@ def principals_add(name: str, roles: tuple[str, ...], namespaces: tuple[str, ...
         rt.close()
     click.echo(f"created principal {p.name} (roles: {', '.join(sorted(p.roles))})", err=True)
     click.echo(token)
+
+
+@principals.command("revoke")
+@click.argument("name")
+def principals_revoke(name: str) -> None:
+    """Revoke a principal's token: 401 from the next request on, on every worker and host."""
+    with _principal_store() as store:
+        store.revoke(name)
+    click.echo(f"revoked principal {name}", err=True)
+
+
+@principals.command("rotate")
+@click.argument("name")
+def principals_rotate(name: str) -> None:
+    """Give a principal a new token (printed as the last line); the old one stops working at once."""
+    with _principal_store() as store:
+        token = store.rotate(name)
+    click.echo(f"rotated the token of principal {name}", err=True)
+    click.echo(token)
+
+
+@contextmanager
+def _principal_store() -> Iterator[Any]:
+    from ledger.runtime import build_runtime, initialise
+
+    s = _settings()
+    initialise(s)
+    rt = build_runtime(s)
+    try:
+        yield rt.principals
+    except LedgerError as e:
+        raise click.ClickException(e.detail) from e
+    finally:
+        rt.close()
 
 
 @main.group()

@@ -4,9 +4,12 @@ them succeeded before its fix."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from typing import Any
 
+import pytest
+import requests
 from conftest import auth
 from events import dataset, run_event
 
@@ -335,3 +338,125 @@ def test_models_and_provenance_belong_to_the_namespace_of_their_training_run(cli
         "B:nosuch",
     )
     assert client.get("/api/v1/lineage?nodeId=dataset:B:x", headers=auth(team_b)).status_code == 200
+
+
+# --- 7. the guess limiter --------------------------------------------------------------------------
+
+
+def test_the_guess_limiter_never_refuses_a_valid_token_and_is_shared(settings, runtime, tokens) -> None:
+    from conftest import shared_policy
+
+    from ledger.errors import AuthenticationError, RateLimitedError
+    from ledger.runtime import build_runtime
+
+    other = build_runtime(settings, policy=shared_policy(settings.policy_dir))  # another worker or host
+    try:
+        stores = [runtime.principals, other.principals]
+        limit = runtime.principals.max_failures
+        for i in range(limit):  # alternately on each: one count for both
+            with pytest.raises(AuthenticationError) as e:
+                stores[i % 2].authenticate("lgr_guess", client="203.0.113.9")
+            assert not isinstance(e.value, RateLimitedError), i
+        for store in stores:
+            with pytest.raises(RateLimitedError):
+                store.authenticate("lgr_guess", client="203.0.113.9")
+            # A valid token from the same address (a proxy everyone shares) is never refused.
+            assert store.authenticate(tokens.auditor, client="203.0.113.9").name == "audit"
+        assert runtime.principals.authenticate(tokens.pipeline, client="203.0.113.9").name == "etl-nightly"
+        with pytest.raises(AuthenticationError) as e:  # another address is not held off
+            other.principals.authenticate("lgr_guess", client="203.0.113.10")
+        assert not isinstance(e.value, RateLimitedError)
+    finally:
+        other.close()
+
+
+def test_the_guess_count_is_bounded(runtime) -> None:
+    from sqlalchemy import func, select
+
+    from ledger.errors import AuthenticationError
+    from ledger.security.principals import PrincipalStore
+    from ledger.store.models import AuthFailure
+
+    store = PrincipalStore(runtime.db, window_seconds=0.05)
+    largest = 0
+    for i in range(300):
+        with pytest.raises(AuthenticationError):
+            store.authenticate("lgr_guess", client=f"198.51.100.{i % 256}/{i}")
+        if i % 20 == 0:
+            time.sleep(0.06)  # a window passes: the next new window drops the old rows
+            with runtime.db.read() as s:
+                largest = max(largest, s.execute(select(func.count()).select_from(AuthFailure)).scalar_one())
+    assert largest <= 21
+
+
+# --- 9. names, revocation and rotation -------------------------------------------------------------
+
+
+def test_names_are_nfc_and_invisible_characters_are_refused(client, runtime, tokens) -> None:
+    import unicodedata
+
+    nfd = unicodedata.normalize("NFD", "données")
+    assert nfd != "données"
+    r = client.post("/api/v1/lineage", json=run_event(namespace=nfd, job=f"clé-{nfd}"), headers=auth(tokens.pipeline))
+    assert r.status_code == 201
+    r = client.post(
+        "/api/v1/lineage", json=run_event(namespace="données", job="clé-données"), headers=auth(tokens.pipeline)
+    )
+    assert r.status_code == 201
+    names = client.get("/api/v1/namespaces", headers=auth(tokens.auditor)).get_json()["namespaces"]
+    assert [n["name"] for n in names if n["name"].startswith("donn")] == ["données"]  # one name, not two
+    jobs = client.get(f"/api/v1/namespaces/{nfd}/jobs", headers=auth(tokens.auditor)).get_json()["jobs"]
+    assert [j["name"] for j in jobs] == ["clé-données"]
+    assert client.get(f"/api/v1/lineage?nodeId=job:{nfd}:clé-{nfd}", headers=auth(tokens.auditor)).status_code == 200
+    for bad, field in (
+        (run_event(namespace="etl", job="gpj.\u202eexe"), "/job/name"),
+        (run_event(namespace="e\u200btl"), "/job/namespace"),
+        (run_event(outputs=[dataset("etl", "cus\u2060tomers")]), "/outputs/0/name"),
+        (run_event(inputs=[dataset("\ufeffetl", "x")]), "/inputs/0/namespace"),
+    ):
+        r = client.post("/api/v1/lineage", json=bad, headers=auth(tokens.pipeline))
+        assert r.status_code == 400 and r.get_json()["field"] == field, r.get_json()
+    r = client.post(
+        "/api/v1/principals",
+        json={"name": "ml", "roles": ["pipeline"], "namespaces": ["ml\u202e"]},
+        headers=auth(tokens.admin),
+    )
+    assert r.status_code == 400 and r.get_json()["field"] == "namespaces"
+    p, _ = runtime.principals.create("team-nfd", roles=["pipeline"], namespaces=[nfd])
+    assert p.namespaces == {"données"}
+
+
+def test_revoked_and_rotated_tokens_answer_401_at_once_on_every_worker(tmp_path, database_url) -> None:
+    from conftest import start_server, stop_server
+
+    srv = start_server(tmp_path, database_url)  # two worker processes
+    try:
+        url = f"{srv.url}/api/v1/log/entries?limit=1"
+        token = srv.add_principal("reader", "auditor")
+        for _ in range(10):  # both workers have seen it
+            assert requests.get(url, headers=auth(token), timeout=10).status_code == 200
+        r = srv.ledger("principals", "revoke", "reader")
+        assert r.returncode == 0
+        codes = [requests.get(url, headers=auth(token), timeout=10).status_code for _ in range(4)]
+        assert codes == [401] * 4
+        r = srv.ledger("principals", "rotate", "reader")
+        new = r.stdout.strip().splitlines()[-1]
+        assert [requests.get(url, headers=auth(new), timeout=10).status_code for _ in range(6)] == [200] * 6
+        # Over the admin API.
+        r = requests.post(f"{srv.url}/api/v1/principals/reader/rotation", headers=auth(srv.admin_token), timeout=10)
+        assert r.status_code == 201
+        newer = r.json()["token"]
+        assert [requests.get(url, headers=auth(new), timeout=10).status_code for _ in range(3)] == [401] * 3
+        assert [requests.get(url, headers=auth(newer), timeout=10).status_code for _ in range(6)] == [200] * 6
+        r = requests.post(f"{srv.url}/api/v1/principals/reader/revocation", headers=auth(srv.admin_token), timeout=10)
+        assert r.status_code == 200
+        assert [requests.get(url, headers=auth(newer), timeout=10).status_code for _ in range(3)] == [401] * 3
+        r = requests.post(f"{srv.url}/api/v1/principals/nobody/revocation", headers=auth(srv.admin_token), timeout=10)
+        assert r.status_code == 404 and r.json()["field"] == "name"
+        assert srv.ledger("principals", "revoke", "nobody", check=False).returncode != 0
+        # The guess limiter counts across both workers: 20 failures in all get 401 (10 so far above).
+        codes = [requests.get(url, headers=auth("lgr_guess"), timeout=10).status_code for _ in range(12)]
+        assert codes == [401] * 10 + [429] * 2
+        assert requests.get(url, headers=auth(srv.admin_token), timeout=10).status_code == 200
+    finally:
+        stop_server(srv)

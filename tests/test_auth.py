@@ -192,13 +192,13 @@ def test_repeated_failed_attempts_get_429(client, tokens, runtime, base):
     r = client.post("/api/v1/lineage", json=run_event(), headers=auth("lgr_guess"))
     assert_problem(r, 429)
     assert int(r.headers["Retry-After"]) > 0
-    # the same client is held off even with a valid token, on every authenticated endpoint ...
-    assert_problem(client.post("/api/v1/lineage", json=run_event(), headers=auth(tokens.pipeline)), 429)
-    assert_problem(client.get("/api/v1/log/entries", headers=auth(tokens.auditor)), 429)
-    # ... while another client is not
+    # a valid token from the same client is never refused (issue 10: everyone behind one proxy) ...
+    assert client.post("/api/v1/lineage", json=run_event(), headers=auth(tokens.pipeline)).status_code == 201
+    assert client.get("/api/v1/log/entries", headers=auth(tokens.auditor)).status_code == 200
+    # ... and another client is not held off at all
     other = {"REMOTE_ADDR": "192.0.2.7"}
-    r = client.post("/api/v1/lineage", json=run_event(), headers=auth(tokens.pipeline), environ_base=other)
-    assert r.status_code == 201
+    r = client.post("/api/v1/lineage", json=run_event(), headers=auth("lgr_guess"), environ_base=other)
+    assert_unauthorized(r)
     assert runtime.ledger.size() == base + 1
 
 
@@ -208,16 +208,18 @@ def test_missing_tokens_do_not_lock_a_client_out(client, tokens, runtime):
     assert client.get("/api/v1/log/entries", headers=auth(tokens.auditor)).status_code == 200
 
 
-def test_failed_attempts_from_many_addresses_do_not_grow_memory_unbounded(runtime):
-    """Regression: a failure record was kept forever for every client address ever seen."""
+def test_failed_attempts_from_many_addresses_do_not_grow_storage_unbounded(runtime):
+    """Regression: a failure record was kept forever for every client address ever seen. The count
+    now lives in the database (shared by workers and hosts); a window's rows go when it has passed."""
+    from sqlalchemy import func, select
 
-    class SmallStore(PrincipalStore):
-        MAX_TRACKED_CLIENTS = 50
+    from ledger.store.models import AuthFailure
 
-    store = SmallStore(runtime.db, window_seconds=0.0)
+    store = PrincipalStore(runtime.db, window_seconds=0.0)
     largest = 0
     for i in range(400):
         with pytest.raises(AuthenticationError):
             store.authenticate("lgr_guess", client=f"198.51.100.{i % 256}/{i}")
-        largest = max(largest, len(store._failures))
+        with runtime.db.read() as s:
+            largest = max(largest, s.execute(select(func.count()).select_from(AuthFailure)).scalar_one())
     assert largest <= 50

@@ -95,6 +95,9 @@ TABLE: dict[str, tuple[str, str, Any, Any]] = {
         {"name": f"p-{uuid.uuid4().hex[:6]}", "roles": ["auditor"]},
         ("admin",),
     ),
+    # A principal no test token belongs to (404 for the admin): revoking one would end the table.
+    "admin.revoke_principal": ("POST", "/api/v1/principals/nobody-here/revocation", None, ("admin",)),
+    "admin.rotate_principal": ("POST", "/api/v1/principals/nobody-here/rotation", None, ("admin",)),
     "openapi_json": ("GET", "/api/v1/openapi.json", None, PUBLIC),
     "ops.healthz": ("GET", "/healthz", None, PUBLIC),
     "ops.readyz": ("GET", "/readyz", None, PUBLIC),

@@ -1,4 +1,4 @@
-"""Principal management over HTTP (role admin): what `ledger principals add` does, remotely."""
+"""Principal management over HTTP (role admin): what `ledger principals add|revoke|rotate` do, remotely."""
 
 from __future__ import annotations
 
@@ -50,3 +50,23 @@ def create_principal() -> tuple[Response, int]:
             "token": token,
         }
     ), 201
+
+
+@blp.route("/principals/<name:name>/revocation", methods=["POST"])
+@blp.doc(security=[{"bearer": []}])
+@requires("admin")
+def revoke_principal(name: str) -> Response:
+    """Revoke a principal's token: it answers 401 from the next request on, on every worker and host."""
+    store: PrincipalStore = current_app.extensions["ledger.principals"]
+    store.revoke(name)
+    return jsonify({"principal": {"name": name, "revoked": True}})
+
+
+@blp.route("/principals/<name:name>/rotation", methods=["POST"])
+@blp.doc(security=[{"bearer": []}])
+@requires("admin")
+def rotate_principal(name: str) -> tuple[Response, int]:
+    """Give a principal a new token (shown this once); the old one answers 401 from the next request on."""
+    store: PrincipalStore = current_app.extensions["ledger.principals"]
+    token = store.rotate(name)
+    return jsonify({"principal": {"name": name, "revoked": False}, "token": token}), 201

@@ -9,7 +9,8 @@ WSGI servers percent-decode the request path into PATH_INFO before any routing, 
   segment on its own and escaping, inside a
   segment, only `%` (as `%25`) and `/` (as `%2F`). Invariant: in PATH_INFO, `%` appears only in those
   two escapes, so one `unquote` gives a segment back exactly;
-- `NameConverter` (`<name:x>` in a route) matches one such segment and unquotes it;
+- `NameConverter` (`<name:x>` in a route) matches one such segment, unquotes it and normalises it
+  to NFC (as intake stores names);
 - `install` sets both up on an app, with `merge_slashes` off, before any blueprint is registered.
 """
 
@@ -22,6 +23,8 @@ from urllib.parse import quote, unquote, unquote_to_bytes, urlsplit
 from flask import Flask
 from flask_smorest import Api
 from werkzeug.routing import BaseConverter
+
+from ledger.lineage.names import nfc
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -80,7 +83,7 @@ class NameConverter(BaseConverter):
     part_isolating = True
 
     def to_python(self, value: str) -> str:
-        return unquote(value)
+        return nfc(unquote(value))  # one spelling per name (ledger.lineage.names)
 
     def to_url(self, value: str) -> str:
         return quote(value, safe="")

@@ -28,6 +28,7 @@ from typing import Any
 from marshmallow import INCLUDE, Schema, ValidationError, fields, missing, validate
 
 from ledger.errors import InvalidEventError
+from ledger.lineage.names import invisible, nfc
 from ledger.tlog.entry import canonical_json, format_time
 from ledger.tlog.errors import InvalidEntryError
 
@@ -439,6 +440,33 @@ def mentioned_datasets(kind: str, event: dict[str, Any]) -> set[tuple[str, str]]
     }
 
 
+def _named(kind: str, event: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(JSON pointer, object) of everything an event names: its job or dataset, its inputs, outputs."""
+    if kind == "openlineage.dataset_event":
+        return [("/dataset", event["dataset"])]
+    out = [("/job", event["job"])]
+    for key in ("inputs", "outputs"):
+        out += [(f"/{key}/{i}", d) for i, d in enumerate(event.get(key) or []) if isinstance(d, dict)]
+    return out
+
+
+def _normalise_names(kind: str, event: dict[str, Any]) -> None:
+    """Refuses a namespace or name holding a bidi control or zero-width character (400 naming it);
+    rewrites the others to NFC in place, so the stored payload, its subject and every projection
+    key hold one spelling (ledger.lineage.names)."""
+    for pointer, obj in _named(kind, event):
+        for key in ("namespace", "name"):
+            value = obj.get(key)
+            if not isinstance(value, str):
+                continue
+            bad = invisible(value)
+            if bad is not None:
+                field = f"{pointer}/{key}"
+                message = f"{field}: holds {bad}; bidirectional controls and zero-width characters are not accepted"
+                raise InvalidEventError(message, field=field, errors=[{"field": field, "message": message}])
+            obj[key] = nfc(value)
+
+
 def validate_event(
     event: Any, *, now: datetime | None = None, window: EventTimeWindow = DEFAULT_EVENT_TIME_WINDOW
 ) -> ValidatedEvent:
@@ -472,6 +500,8 @@ def validate_event(
     if not window.contains(leaves["eventTime"], now=at):
         message = f"/eventTime: {event['eventTime']!r} is outside the accepted window: {window.describe(at)}"
         raise InvalidEventError(message, field="/eventTime", errors=[{"field": "/eventTime", "message": message}])
+    # (2b) Names: one spelling each (NFC), none holding bidi controls or zero-width characters.
+    _normalise_names(kind, event)
     # (3) RFC 8785 bytes, once: they are the dedup key's input and the stored payload.
     try:
         canonical = canonical_json(event)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from ledger.errors import InvalidRequestError
+from ledger.lineage.names import nfc
 
 KINDS = ("dataset", "datasetField", "job", "run")
 MAX_READINGS = 32  # readings of one id a reader may try against the projections
@@ -60,7 +61,7 @@ class NodeId:
         kind, sep, rest = text.partition(":")
         if not sep or kind not in KINDS or not rest:
             raise InvalidRequestError(f"{_USAGE}; got {text[:80]!r}", field="nodeId")
-        return cls(kind, rest)
+        return cls(kind, nfc(rest))  # names are stored in NFC (ledger.lineage.names)
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.value}"

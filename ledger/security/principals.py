@@ -3,6 +3,15 @@
 Tokens are 256-bit random strings shown once; only their SHA-256 is stored, and lookups go by that
 hash, so the database never holds a usable token and comparison time does not depend on how much of
 a guess matches (the final check uses `hmac.compare_digest` anyway).
+
+Every request reads its principal from the database (no cache): a revoked or rotated token answers
+401 at once, on every worker and host. Failed attempts are counted per client address in the
+database too (`auth_failures`), so every worker and host shares one count; past `max_failures` in a
+window, further failures from that address get 429, but a valid token is never refused by it (a
+proxy's address shared with a guesser locks no one out).
+
+Names are NFC-normalised, and names holding bidirectional controls or zero-width characters are
+refused: two names that look the same are the same name.
 """
 
 from __future__ import annotations
@@ -11,23 +20,34 @@ import hashlib
 import hmac
 import re
 import secrets
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from ledger.errors import AuthenticationError, ConflictError, InvalidRequestError, RateLimitedError
+from ledger.errors import AuthenticationError, ConflictError, InvalidRequestError, NotFoundError, RateLimitedError
+from ledger.lineage.names import invisible, nfc
 from ledger.store.db import Database
-from ledger.store.models import Principal
+from ledger.store.models import AuthFailure, Principal
 
 ROLES = frozenset({"pipeline", "auditor", "approver", "security", "admin"})
 TOKEN_PREFIX = "lgr_"  # noqa: S105  (a prefix that marks tokens in logs and scanners, not a secret)
 NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._@-]{0,199}\Z")
 TAG_RE = re.compile(r"\A[a-z][a-z0-9_-]{0,63}\Z")
+
+
+def normal_name(value: str, field: str) -> str:
+    """`value` in NFC; InvalidRequestError (400, naming `field`) if it holds a bidirectional control
+    or a zero-width character (ledger.lineage.names)."""
+    bad = invisible(value)
+    if bad is not None:
+        raise InvalidRequestError(
+            f"{field} holds {bad}: bidirectional controls and zero-width characters are not accepted in names",
+            field=field,
+        )
+    return nfc(value)
 
 
 def _printable(text: str) -> bool:
@@ -75,21 +95,12 @@ def _to_authenticated(p: Principal) -> AuthenticatedPrincipal:
 
 
 class PrincipalStore:
-    """Creates principals and authenticates bearer tokens, with a short positive cache."""
-
-    CACHE_SECONDS = 5.0
-    # Failure records are kept per client address; past this many addresses, those with no failure
-    # inside the window are dropped (amortised), so a spray of addresses cannot grow memory unbounded.
-    MAX_TRACKED_CLIENTS = 10_000
+    """Creates, revokes and rotates principals; authenticates bearer tokens (DESIGN.md 6)."""
 
     def __init__(self, db: Database, *, max_failures: int = 20, window_seconds: float = 60.0) -> None:
         self.db = db
-        self._cache: dict[str, tuple[float, AuthenticatedPrincipal]] = {}
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
         self.max_failures = max_failures
         self.window = window_seconds
-        self._sweep_at = self.MAX_TRACKED_CLIENTS
 
     def create(
         self,
@@ -100,6 +111,8 @@ class PrincipalStore:
         clearances: list[str] = (),  # type: ignore[assignment]
     ) -> tuple[AuthenticatedPrincipal, str]:
         """Creates a principal; returns it and its new token (the only time the token exists)."""
+        name = normal_name(name, "name")
+        namespaces = [normal_name(ns, "namespaces") for ns in namespaces]
         if not NAME_RE.match(name):
             raise InvalidRequestError(f"principal name {name!r} is not valid", field="name")
         bad = sorted(set(roles) - ROLES)
@@ -133,6 +146,24 @@ class PrincipalStore:
             raise ConflictError(f"principal {name!r} exists already", field="name") from e
         return created, token
 
+    def revoke(self, name: str) -> None:
+        """Disables a principal: its token answers 401 from the next request on, on every host."""
+        self._set(name, disabled=True)
+
+    def rotate(self, name: str) -> str:
+        """Gives a principal a new token (returned, the only time it exists); the old one answers 401
+        from the next request on. A revoked principal is enabled again by a rotation."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        self._set(name, disabled=False, token_hash=hash_token(token))
+        return token
+
+    def _set(self, name: str, **values: object) -> None:
+        name = normal_name(name, "name")
+        with self.db.read() as session:
+            done = session.execute(update(Principal).where(Principal.name == name).values(**values))  # type: ignore[arg-type]
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                raise NotFoundError(f"no principal {name!r}", field="name")
+
     def get(self, name: str) -> AuthenticatedPrincipal | None:
         with self.db.read() as session:
             row = session.execute(select(Principal).where(Principal.name == name)).scalar_one_or_none()
@@ -143,52 +174,43 @@ class PrincipalStore:
             return len(session.execute(select(Principal.id)).all())
 
     def authenticate(self, token: str | None, *, client: str = "") -> AuthenticatedPrincipal:
-        """Returns the principal owning `token`; raises 401 (or 429 after too many failures).
-
-        Only guesses are rate-limited: a request without a token cannot guess, and gets its 401.
-        """
+        """Returns the principal owning `token`; raises 401, or 429 once this client address has
+        failed too often in the window. A valid token is never refused: only failures are limited,
+        and a request without a token cannot guess (it gets its 401)."""
         if not token:
             raise AuthenticationError("missing bearer token (Authorization: Bearer <token>)")
-        self._check_rate(client)
         digest = hash_token(token)
-        now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and now - cached[0] < self.CACHE_SECONDS:
-            return cached[1]
         with self.db.read() as session:
             query = select(Principal).where(Principal.token_hash == digest)
             row = session.execute(query).scalar_one_or_none()
-            if row is None or row.disabled or not hmac.compare_digest(row.token_hash, digest):
-                self._fail(client)
-                raise AuthenticationError("invalid or revoked token")
-            principal = _to_authenticated(row)
-        self._cache[digest] = (now, principal)
-        return principal
+            if row is not None and not row.disabled and hmac.compare_digest(row.token_hash, digest):
+                return _to_authenticated(row)
+        if self._fail(client) > self.max_failures:
+            raise RateLimitedError(
+                f"too many failed authentication attempts; retry after {int(self.window)} s",
+                retry_after=max(1, int(self.window)),
+            )
+        raise AuthenticationError("invalid or revoked token")
 
-    def _check_rate(self, client: str) -> None:
-        with self._lock:
-            q = self._failures.get(client)
-            if q is None:
-                return
-            cutoff = time.monotonic() - self.window
-            while q and q[0] < cutoff:
-                q.popleft()
-            if not q:
-                del self._failures[client]
-                return
-            if len(q) >= self.max_failures:
-                raise RateLimitedError(
-                    f"too many failed authentication attempts; retry after {int(self.window)} s",
-                    retry_after=int(self.window),
-                )
+    _COUNT = text(
+        "INSERT INTO auth_failures (client, window_start_ms, failures) VALUES (:client, :now, 1) "
+        "ON CONFLICT (client) DO UPDATE SET "
+        "failures = CASE WHEN auth_failures.window_start_ms < :cutoff THEN 1 ELSE auth_failures.failures + 1 END, "
+        "window_start_ms = CASE WHEN auth_failures.window_start_ms < :cutoff THEN :now "
+        "ELSE auth_failures.window_start_ms END "
+        "RETURNING failures"
+    )
 
-    def _fail(self, client: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if client not in self._failures and len(self._failures) >= self._sweep_at:
-                cutoff = now - self.window
-                for stale in [c for c, q in self._failures.items() if not q or q[-1] < cutoff]:
-                    del self._failures[stale]
-                # Sweep again only once the map has doubled: O(1) amortised per failure.
-                self._sweep_at = max(self.MAX_TRACKED_CLIENTS, 2 * len(self._failures))
-            self._failures.setdefault(client, deque()).append(now)
+    def _fail(self, client: str) -> int:
+        """Counts one failure of `client` in the database (one statement, atomic on both databases,
+        shared by every worker and host); returns its failures in the current window. A failure that
+        opens a window drops the rows of windows that have passed, so the table holds at most the
+        addresses that failed within one window."""
+        now = int(time.time() * 1000)
+        cutoff = now - int(self.window * 1000)
+        key = client[:200]
+        with self.db.read() as session:
+            failures = int(session.execute(self._COUNT, {"client": key, "now": now, "cutoff": cutoff}).scalar_one())
+            if failures == 1:
+                session.execute(delete(AuthFailure).where(AuthFailure.window_start_ms < cutoff))  # type: ignore[arg-type]
+        return failures

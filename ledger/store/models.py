@@ -134,6 +134,17 @@ class Principal(SQLModel, table=True):
     disabled: bool = Field(default=False, nullable=False)
 
 
+class AuthFailure(SQLModel, table=True):
+    """Failed token attempts of one client address in its current window, shared by every worker and
+    host (the guess limiter). A row whose window has passed is dropped when a new window starts."""
+
+    __tablename__ = "auth_failures"
+
+    client: str = Field(sa_column=Column(String(200), primary_key=True))
+    window_start_ms: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    failures: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
 class JobRun(SQLModel, table=True):
     """Last run of each scheduled job, so a job runs once per deployment, not once per process."""
 

@@ -1,8 +1,11 @@
-"""Security (issue 10): run ownership as a log-side index.
+"""Security (issue 10): run ownership as a log-side index; failed token attempts shared by hosts.
 
 `subject_owners` holds the owner (a run's job) the first entry about a subject named; it is written
 under the append lock with that entry. Upgrading fills it from the log: the first run event of each
 run whose payload is still there.
+
+`auth_failures` counts failed token attempts per client address and window, for every worker and
+host at once (the guess limiter).
 
 Revision ID: 0007_security
 Revises: 0006_projection_watermarks
@@ -31,6 +34,15 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("subject"),
     )
     _fill_owners(table)
+    op.create_table(
+        "auth_failures",
+        sa.Column("client", sa.String(length=200), nullable=False),
+        sa.Column("window_start_ms", sa.BigInteger(), nullable=False),
+        sa.Column("failures", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("client"),
+    )
+    with op.batch_alter_table("auth_failures", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_auth_failures_window_start_ms"), ["window_start_ms"], unique=False)
 
 
 def _fill_owners(table: sa.Table) -> None:
@@ -58,4 +70,5 @@ def job_owner(namespace: str, name: str) -> str:
 
 
 def downgrade() -> None:
+    op.drop_table("auth_failures")
     op.drop_table("subject_owners")
