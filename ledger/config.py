@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -90,6 +91,8 @@ class Settings:
     database_url: str
     origin: str
     signing_key_path: Path
+    # The secret keying intake's dedup keys (HMAC); the same file on every host of a deployment.
+    dedup_key_path: Path | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY
     checkpoint_interval: int = 60
     policy_dir: Path = field(default_factory=default_policy_dir)
@@ -123,6 +126,7 @@ class Settings:
             database_url=db,
             origin=origin,
             signing_key_path=key,
+            dedup_key_path=Path(e.get("LEDGER_DEDUP_KEY") or data_dir / "dedup-key"),
             max_body_bytes=_int_env(e, "LEDGER_MAX_BODY_BYTES", DEFAULT_MAX_BODY, 1024),
             checkpoint_interval=_int_env(e, "LEDGER_CHECKPOINT_INTERVAL", 60, 1),
             policy_dir=Path(e["LEDGER_POLICY_DIR"]) if e.get("LEDGER_POLICY_DIR") else default_policy_dir(),
@@ -162,10 +166,18 @@ def instance_id(data_dir: Path) -> str:
     """A stable id for this data directory (the default origin's suffix); created on first use."""
     path = data_dir / "instance-id"
     if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
         try:
-            with path.open("x") as f:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
                 f.write(uuid.uuid4().hex[:16] + "\n")
         except FileExistsError:
             pass  # another process made it first; read theirs
     return path.read_text().strip()
+
+
+def private_dir(path: Path) -> None:
+    """Creates the data directory 0700, or narrows an existing one of ours to 0700."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # not ours (a shared mount): the operator's choice stands
+        path.chmod(0o700)

@@ -17,6 +17,7 @@ from ledger.lineage.events import LINEAGE_KINDS
 from ledger.lineage.projection import project_lineage
 from ledger.security import models as security_models
 from ledger.security.classification import project_tags
+from ledger.store.db import Database
 from ledger.store.ledger import Ledger, Receipt
 from ledger.store.models import LogEntry
 from ledger.store.projector import Projection, Projector
@@ -79,13 +80,22 @@ def replayed_by_erasure(session: Session, header: EntryHeader) -> frozenset[str]
 
 
 def erase(ledger: Ledger, projector: Projector, seq: int, *, reason: str, principal: str) -> Receipt:
-    """Erases an entry's payload: the erasure entry and the row's deletion, under the append lock for
-    milliseconds. The projector then replays what the payload fed (`replayed_by_erasure`), under its
-    own lock alone: appends go on, and a read that must see the erasure waits for it, bounded (503
-    with Retry-After past the bound), like any read of what it has not applied yet."""
+    """Erases an entry's payload and dedup key: the erasure entry and the rows' changes, under the
+    append lock for milliseconds. The projector then replays what the payload fed
+    (`replayed_by_erasure`), under its own lock alone, and scrubs the database files
+    (`scrub_after_erasure`): appends go on, and a read that must see the erasure waits for it,
+    bounded (503 with Retry-After past the bound), like any read of what it has not applied yet."""
     receipt = ledger.erase(seq, reason=reason, principal=principal)
     projector.notify()
     return receipt
+
+
+def scrub_after_erasure(db: Database, replayed: list[Projection]) -> None:
+    """Once the projector has replayed an erasure (and committed): no copy of the erased payload is
+    left in the database files, neither the payload row and its dedup key nor the projections' rows
+    it fed (`Database.scrub`)."""
+    tables = [t.__tablename__ for p in replayed for t in p.tables]  # type: ignore[attr-defined]
+    db.scrub(["log_entries"], rewrite=["entry_payloads", *tables])
 
 
 def rebuild_all(projector: Projector) -> dict[str, int]:

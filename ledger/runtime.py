@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ledger.config import Settings
+from ledger.config import Settings, private_dir
 from ledger.governance.service import GovernanceService
 from ledger.lineage.intake import LineageIntake
 from ledger.policy.bundle_entry import record_policy_bundle
 from ledger.policy.engine import PolicyEngine, PolicyLimits, load_policy_bundle
-from ledger.projections import PROJECTIONS, replayed_by_erasure
+from ledger.projections import PROJECTIONS, replayed_by_erasure, scrub_after_erasure
 from ledger.security.access import AccessService, violation_screen
 from ledger.security.keyring import Keyring, key_state
-from ledger.security.keys import KeyFile, check_host_key, key_id_of, load_signing_key
+from ledger.security.keys import KeyFile, check_host_key, ensure_dedup_secret, key_id_of, load_signing_key
 from ledger.security.principals import PrincipalStore
 from ledger.store.db import Database
 from ledger.store.ledger import Ledger
@@ -45,7 +45,7 @@ def initialise(settings: Settings, *, policy: PolicyEngine | None = None) -> boo
     """
     from ledger.store.migrate import upgrade  # here, not at the top: workers never migrate (Alembic is ~10 MB)
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     db = Database(settings.database_url, pool_size=1)
     try:
         upgrade(db.engine)
@@ -90,7 +90,7 @@ def build_runtime(settings: Settings, *, policy: PolicyEngine | None = None) -> 
         return p.clearances if p is not None else frozenset()
 
     screen = violation_screen(ledger, policy_digest=policy.bundle.digest, clearances_of=clearances_of)
-    projector = Projector(db, PROJECTIONS, [screen], replays=replayed_by_erasure)
+    projector = Projector(db, PROJECTIONS, [screen], replays=replayed_by_erasure, scrub=scrub_after_erasure)
     ledger.on_commit = lambda _size: projector.notify()
     governance = GovernanceService(
         ledger,
@@ -108,7 +108,11 @@ def build_runtime(settings: Settings, *, policy: PolicyEngine | None = None) -> 
         ledger=ledger,
         principals=principals,
         keyring=Keyring(db, ledger),
-        intake=LineageIntake(ledger, window=settings.event_time_window),
+        intake=LineageIntake(
+            ledger,
+            window=settings.event_time_window,
+            dedup_secret=ensure_dedup_secret(settings.dedup_key_path or settings.data_dir / "dedup-key"),
+        ),
         policy=policy,
         governance=governance,
         access=AccessService(ledger, policy, principals, settings.allowed_purposes, projector),

@@ -460,3 +460,103 @@ def test_revoked_and_rotated_tokens_answer_401_at_once_on_every_worker(tmp_path,
         assert requests.get(url, headers=auth(srv.admin_token), timeout=10).status_code == 200
     finally:
         stop_server(srv)
+
+
+# --- 8. erasure leaves no copies -------------------------------------------------------------------
+
+
+def _holding(runtime: Any, data: bytes) -> list[str]:
+    """The database's files holding `data`: SQLite's file, WAL and shared memory; PostgreSQL's heap
+    and TOAST files of every table (read through the server, as the test's superuser)."""
+    from pathlib import Path
+
+    from sqlalchemy import text
+
+    db = runtime.db
+    if db.is_sqlite:
+        path = Path(db.engine.url.database)
+        return [p.name for p in path.parent.glob(path.name + "*") if data in p.read_bytes()]
+    found = []
+    with db.engine.connect() as c:
+        c.exec_driver_sql("CHECKPOINT")  # the heap on disk is the heap as it stands
+        files = c.execute(
+            text(
+                "SELECT relname, pg_relation_filepath(oid) FROM pg_class WHERE relkind IN ('r', 't', 'i') "
+                "AND relnamespace IN ('public'::regnamespace, 'pg_toast'::regnamespace)"
+            )
+        ).all()
+        for name, f in files:
+            if f and c.execute(text("SELECT (pg_stat_file(:f, true)).size"), {"f": f}).scalar():
+                if data in c.execute(text("SELECT pg_read_binary_file(:f)"), {"f": f}).scalar_one():
+                    found.append(name)
+    return found
+
+
+def test_an_erasure_leaves_no_copy_in_the_database_files(client, runtime, tokens, settings) -> None:
+    import os
+    import stat
+
+    secret = f"SSN-{uuid.uuid4().hex}"
+    event = run_event(
+        namespace="etl", job="leaky", run_facets={"errorMessage": {"message": secret, "programmingLanguage": "py"}}
+    )
+    r = client.post("/api/v1/lineage", json=event, headers=auth(tokens.pipeline))
+    assert r.status_code == 201
+    seq = r.get_json()["receipt"]["seq"]
+    client.get(f"/api/v1/jobs/runs/{event['run']['runId']}", headers=auth(tokens.auditor))  # projected too
+    assert _holding(runtime, secret.encode())  # the check below can fail
+    r = client.post(
+        f"/api/v1/log/entries/{seq}/erasure", json={"reason": "GDPR art. 17"}, headers=auth(tokens.security)
+    )
+    assert r.status_code == 201, r.get_json()
+    # The projector replays the erasure and then scrubs, after the request: wait for it (bounded).
+    client.get(f"/api/v1/jobs/runs/{event['run']['runId']}", headers=auth(tokens.auditor))
+    deadline = time.monotonic() + 30
+    while (held := _holding(runtime, secret.encode())) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert held == []
+    # Posting the same event again cannot confirm a guess: it is a new entry, not the erased one.
+    r = client.post("/api/v1/lineage", json=event, headers=auth(tokens.pipeline))
+    assert r.status_code == 201 and r.get_json()["receipt"]["seq"] != seq
+    # Dedup keys are keyed with the server's secret: not the plain digest of the event.
+    import hashlib
+
+    import rfc8785
+
+    plain = hashlib.sha256(rfc8785.dumps(event)).hexdigest()
+    with runtime.db.read() as s:
+        from sqlalchemy import text
+
+        keys = [k for (k,) in s.execute(text("SELECT dedup_key FROM log_entries WHERE dedup_key IS NOT NULL"))]
+    assert keys and not any(plain in k for k in keys)
+    # The data directory and its files are the owner's alone.
+    data = settings.data_dir
+    assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
+    for p in data.iterdir():
+        if p.is_file():
+            assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+    if runtime.db.is_sqlite:
+        from pathlib import Path
+
+        db_path = Path(runtime.db.engine.url.database)
+        for p in db_path.parent.glob(db_path.name + "*"):
+            assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+
+
+def test_a_new_sqlite_database_is_private_from_its_first_byte(tmp_path) -> None:
+    import os
+    import stat
+
+    from ledger.config import Settings
+    from ledger.runtime import initialise
+
+    old = os.umask(0o022)
+    try:
+        s = Settings.from_env({"LEDGER_DATA_DIR": str(tmp_path / "d"), "LEDGER_ORIGIN": "ledger.test/p"})
+        initialise(s)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "d").st_mode) == 0o700
+    files = [p for p in (tmp_path / "d").iterdir() if p.is_file()]
+    assert {p.name for p in files} >= {"ledger.db", "signing-key.pem", "dedup-key"}
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: 0o600 for p in files}

@@ -6,6 +6,8 @@ transaction; invalid ones are reported by index and not stored.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,9 +53,14 @@ class BatchOutcome:
 
 
 class LineageIntake:
-    def __init__(self, ledger: Ledger, *, window: EventTimeWindow = DEFAULT_EVENT_TIME_WINDOW) -> None:
+    def __init__(
+        self, ledger: Ledger, *, window: EventTimeWindow = DEFAULT_EVENT_TIME_WINDOW, dedup_secret: bytes
+    ) -> None:
         self.ledger = ledger
         self.window = window  # the eventTime an event may carry, around the ledger's clock
+        # Dedup keys are HMAC-SHA256 of the canonical event under this server secret: a plain digest
+        # would let anyone confirm a guess of an (erased) event's content by computing its key.
+        self._dedup_secret = dedup_secret
 
     def _admit(self, event: Any, principal: Poster, now: datetime) -> ValidatedEvent:
         v = validate_event(event, now=now, window=self.window)
@@ -81,7 +88,7 @@ class LineageIntake:
             subject=v.subject,
             principal=principal.name,
             payload=v.event,
-            dedup_key=v.dedup_key,
+            dedup_key="hmac:" + hmac.new(self._dedup_secret, v.canonical, hashlib.sha256).hexdigest(),
             canonical=v.canonical,
             # A run belongs to the job that first recorded it: checked under the append lock.
             owner=job_owner(job["namespace"], job["name"]) if job is not None else None,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import secrets
 import threading
 from pathlib import Path
 
@@ -187,3 +189,45 @@ class KeyFile:
 
     def __repr__(self) -> str:  # never show key material
         return f"KeyFile({str(self.path)!r})"
+
+
+DEDUP_SECRET_BYTES = 32
+
+
+def ensure_dedup_secret(path: Path) -> bytes:
+    """The server secret that keys intake's dedup keys (HMAC-SHA256), created 0600 on first use.
+
+    Without it, a dedup key is the plain digest of an event, and anyone can confirm a guess of an
+    event's content by computing it. Every host of a deployment needs the same file (as it needs the
+    same database). Written to a temporary name and linked into place, so a racing process reads
+    either nothing or the whole secret.
+    """
+    try:
+        return _read_secret(path)
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(DEDUP_SECRET_BYTES) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):  # another process made it first: theirs is the one
+            os.link(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return _read_secret(path)
+
+
+def _read_secret(path: Path) -> bytes:
+    text = path.read_text().strip()
+    try:
+        secret = bytes.fromhex(text)
+    except ValueError as e:
+        raise ConfigurationError(f"dedup secret {path} is not hex") from e
+    if len(secret) < 16:
+        raise ConfigurationError(f"dedup secret {path} is shorter than 16 bytes")
+    return secret

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, true
+from sqlalchemy import and_, delete, or_, select, true, update
 from sqlmodel import Session, col
 
 from ledger.errors import ConflictError, NotFoundError
@@ -129,7 +129,8 @@ class GroupCommit:
         return self._submit(_AppendRequest(list(pending), unless=unless))
 
     def erase(self, seq: int, *, reason: str, principal: str) -> Receipt:
-        """Removes an entry's payload and salt, recording a `payload.erasure` entry first.
+        """Removes an entry's payload and salt, and its dedup key, recording a `payload.erasure`
+        entry first.
 
         The header (the Merkle leaf) stays, so every proof and checkpoint still holds; the database
         lets the payload row go only once the erasure entry is in the log (see the 0001 migration).
@@ -233,6 +234,12 @@ class GroupCommit:
                 bulk_insert(session, SubjectOwner.__table__, new_owners)  # type: ignore[attr-defined]
             if erasing:  # (4) allowed by the database once the erasure entries are in the table
                 session.execute(delete(EntryPayload).where(col(EntryPayload.seq).in_(erasing)))
+                # The erased event's dedup key would answer a repeat of it with this seq: dropped.
+                session.execute(
+                    update(LogEntry)
+                    .where(col(LogEntry.seq).in_(erasing), col(LogEntry.dedup_key).is_not(None))
+                    .values(dedup_key=None)
+                )
             seqs = sorted({e.header.seq for r in group if r.result is not None for e in r.result.entries})
             size = state.compact.size
             proofs = inclusion_proofs(session, seqs, size, state.known) if seqs else {}  # (5)

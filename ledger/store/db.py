@@ -8,14 +8,20 @@ Readers use `Database.read()`, which takes no lock.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import JSON, Table, TypeDecorator, event, insert, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
 from sqlmodel import Session, create_engine
+
+log = logging.getLogger("ledger.db")
 
 # Any constants work; they only have to be the same in every process of a deployment.
 SEQUENCER_LOCK_KEY = 0x1ED6E2  # held by appends (and the checkpoint lease)
@@ -26,9 +32,25 @@ def _is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+def _private_file(url: str) -> None:
+    """Creates a SQLite database file 0600 before SQLite does (its -wal and -shm files take the
+    database file's mode), and narrows an existing one to 0600."""
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        os.close(fd)
+        os.chmod(path, 0o600)
+    except OSError:  # a directory that does not exist yet, or a file of another owner: SQLite says
+        pass
+
+
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
-    """Creates an engine; SQLite gets WAL, full sync, foreign keys and manual BEGIN control."""
+    """Creates an engine; SQLite gets WAL, full sync, foreign keys, secure delete and manual BEGIN
+    control, and its files are private (0600)."""
     if _is_sqlite(url):
+        _private_file(url)
         # A pool of reused connections: opening one costs a file open and four pragmas.
         engine = create_engine(
             url,
@@ -47,6 +69,8 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
+            # Deleted content is overwritten with zeros, not left in free pages (an erased payload).
+            cur.execute("PRAGMA secure_delete=ON")
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -116,6 +140,63 @@ class Database:
         """A connection for single-statement reads of immutable rows (tree nodes): no BEGIN/COMMIT."""
         with self._statement_engine.connect() as conn:
             yield conn
+
+    def scrub(self, tables: Iterable[str], *, rewrite: Iterable[str] = ()) -> None:
+        """After an erasure: leaves no copy of deleted rows in this database's files where the
+        database lets us.
+
+        SQLite (secure_delete on, so deleted content is zeroed): the WAL, which still holds the pages
+        as they were, is checkpointed into the main file and truncated to zero bytes.
+
+        PostgreSQL: `tables` are vacuumed, which removes their dead rows; but VACUUM leaves a removed
+        row's bytes in the page's free space when no row is moved over them, so the tables in
+        `rewrite` are rewritten (VACUUM FULL: a new file, the old one unlinked). The rewrite holds an
+        ACCESS EXCLUSIVE lock for its duration (appends wait), and waits at most
+        SCRUB_LOCK_TIMEOUT_MS for it; past that, the table is only vacuumed and a warning says the
+        bytes may stay in free space until overwritten. Copies in PostgreSQL's own WAL, in replicas
+        and in backups stay until those are recycled (README, "Erasure").
+        """
+        if self.is_sqlite:
+            for _ in range(50):  # a reader holding an old snapshot makes the checkpoint wait: retry
+                with self._statement_engine.connect() as conn:
+                    busy = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()
+                if busy is not None and busy[0] == 0:
+                    return
+                time.sleep(0.1)
+            log.warning("erasure: the SQLite WAL could not be truncated (readers kept it busy)")
+            return
+        full = sorted(set(rewrite))
+        with self._statement_engine.connect() as conn:
+            self._outlive_snapshots(conn)
+            # Plain VACUUM first: it removes the dead rows whatever this session's own snapshot
+            # (VACUUM FULL would copy a row that snapshot might see, and a snapshot's xmin counts
+            # transactions of every database on the server).
+            conn.exec_driver_sql(f"VACUUM {', '.join(sorted({*tables, *full}))}")
+            conn.exec_driver_sql(f"SET lock_timeout = {int(self.SCRUB_LOCK_TIMEOUT_MS)}")
+            for table in full:  # then a new file of the live rows: no freed space with old bytes
+                try:
+                    conn.exec_driver_sql(f"VACUUM (FULL) {table}")
+                except OperationalError:  # the lock was not granted in time
+                    log.warning("erasure: %s could not be rewritten (busy); vacuumed only", table)
+            conn.exec_driver_sql("RESET lock_timeout")
+
+    SCRUB_LOCK_TIMEOUT_MS = 5000
+    SCRUB_SNAPSHOT_WAIT_SECONDS = 10.0
+
+    def _outlive_snapshots(self, conn: Connection) -> None:
+        """Waits (at most SCRUB_SNAPSHOT_WAIT_SECONDS) until no other session of this database holds
+        a snapshot taken before now: VACUUM keeps, and VACUUM FULL copies, a deleted row that such a
+        snapshot may still see (a reader, the projector applying the erasure entry)."""
+        horizon = conn.exec_driver_sql(
+            "SELECT mod(txid_snapshot_xmax(txid_current_snapshot()), 4294967296)"
+        ).scalar_one()
+        older = text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND backend_xmin IS NOT NULL AND age(backend_xmin) > age(CAST(CAST(:h AS text) AS xid))"
+        )
+        deadline = time.monotonic() + self.SCRUB_SNAPSHOT_WAIT_SECONDS
+        while conn.execute(older, {"h": int(horizon)}).scalar_one() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def dispose(self) -> None:
         self.engine.dispose()

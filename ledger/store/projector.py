@@ -22,7 +22,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -100,6 +101,7 @@ class Projector:
         batch: int = 2000,
         coalesce: float = 0.01,
         replays: Callable[[Session, EntryHeader], frozenset[str]] | None = None,
+        scrub: Callable[[Database, list[Projection]], None] | None = None,
     ) -> None:
         self.db = db
         self.projections = list(projections)  # in dependency order: each may read those before it
@@ -108,6 +110,9 @@ class Projector:
         self.coalesce = coalesce  # seconds the background applier waits after a wake-up
         # The projections a `payload.erasure` entry makes replay (those the erased payload fed).
         self.replays = replays
+        # Run once an erasure's replay has committed (outside the transaction): leaves no copy of the
+        # erased payload in the database files (ledger.projections.scrub_after_erasure).
+        self.scrub = scrub
         self._names = [p.name for p in self.projections] + [f.name for f in self.followers]
         self._tables = [t for p in self.projections for t in p.tables]
         self._wake = threading.Event()
@@ -157,7 +162,7 @@ class Projector:
             return False
         if self._follow(known=known):  # (1) the followers first: they decide on the state the last batch left
             return True
-        with self.db.projecting() as session:  # (2) then the next batch
+        with _then() as later, self.db.projecting() as session:  # (2) then the next batch
             if session is None:
                 return False
             marks = self.watermarks(session)
@@ -172,6 +177,8 @@ class Projector:
                     seq, chosen = erasure
                     if seq == start:  # first in line: replay what the erased payload fed, from the log
                         self._replay(session, chosen)
+                        if self.scrub is not None:  # once the replay has committed
+                            later.append(lambda: self.scrub(self.db, chosen))  # type: ignore[misc]
                         return True
                     end = seq  # apply what comes before it first
                 entries = [(h, pl) for h, pl in entries if h.seq < end]
@@ -369,6 +376,16 @@ class _Recent:
     end: int
     head: int
     entries: Entries
+
+
+@contextmanager
+def _then() -> Iterator[list[Callable[[], None]]]:
+    """Callbacks run on leaving a `with` block without an error: listed first in a `with` statement,
+    after the contexts listed after it have exited (a transaction, committed)."""
+    later: list[Callable[[], None]] = []
+    yield later
+    for f in later:
+        f()
 
 
 def _erased_since(session: Session, size: int) -> bool:

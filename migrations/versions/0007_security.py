@@ -7,6 +7,10 @@ run whose payload is still there.
 `auth_failures` counts failed token attempts per client address and window, for every worker and
 host at once (the guess limiter).
 
+`log_entries` stays append-only, with one exception: an entry's `dedup_key` may be set to NULL once a
+`payload.erasure` entry for it is in the log (nothing else of the row may change), so an erased
+event's key no longer answers a repeat of it.
+
 Revision ID: 0007_security
 Revises: 0006_projection_watermarks
 Create Date: 2026-12-01 01:30:00.000000
@@ -43,6 +47,39 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("auth_failures", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_auth_failures_window_start_ms"), ["window_start_ms"], unique=False)
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP TRIGGER log_entries_append_only ON log_entries")
+        op.execute(_PG_GUARD)
+        op.execute(
+            "CREATE TRIGGER log_entries_append_only BEFORE UPDATE OR DELETE ON log_entries "
+            "FOR EACH ROW EXECUTE FUNCTION ledger_log_entries_guard()"
+        )
+    else:
+        op.execute("DROP TRIGGER log_entries_no_update")
+        op.execute(
+            "CREATE TRIGGER log_entries_no_update BEFORE UPDATE ON log_entries "
+            f"WHEN NOT ({_DROPS_KEY_ONLY}) "
+            "BEGIN SELECT RAISE(ABORT, 'log_entries is append-only: UPDATE refused'); END"
+        )
+
+
+# An UPDATE that only drops the dedup key of an erased entry.
+_DROPS_KEY_ONLY = (
+    "NEW.dedup_key IS NULL AND OLD.dedup_key IS NOT NULL AND NEW.seq = OLD.seq AND NEW.kind = OLD.kind "
+    "AND NEW.subject = OLD.subject AND NEW.integrated_time = OLD.integrated_time "
+    "AND NEW.principal = OLD.principal AND NEW.payload_digest = OLD.payload_digest "
+    "AND NEW.leaf_hash = OLD.leaf_hash "
+    "AND EXISTS (SELECT 1 FROM log_entries e WHERE e.kind = 'payload.erasure' AND e.subject = 'entry:' || OLD.seq)"
+)
+_PG_GUARD = f"""
+CREATE FUNCTION ledger_log_entries_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP = 'UPDATE' AND {_DROPS_KEY_ONLY} THEN
+    RETURN NEW;
+  END IF;
+  RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP USING ERRCODE = 'insufficient_privilege';
+END $$;
+"""
 
 
 def _fill_owners(table: sa.Table) -> None:
@@ -70,5 +107,18 @@ def job_owner(namespace: str, name: str) -> str:
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP TRIGGER log_entries_append_only ON log_entries")
+        op.execute("DROP FUNCTION ledger_log_entries_guard()")
+        op.execute(
+            "CREATE TRIGGER log_entries_append_only BEFORE UPDATE OR DELETE ON log_entries "
+            "FOR EACH ROW EXECUTE FUNCTION ledger_append_only()"
+        )
+    else:
+        op.execute("DROP TRIGGER log_entries_no_update")
+        op.execute(
+            "CREATE TRIGGER log_entries_no_update BEFORE UPDATE ON log_entries "
+            "BEGIN SELECT RAISE(ABORT, 'log_entries is append-only: UPDATE refused'); END"
+        )
     op.drop_table("auth_failures")
     op.drop_table("subject_owners")
