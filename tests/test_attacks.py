@@ -486,9 +486,9 @@ def _holding(runtime: Any, data: bytes) -> list[str]:
             )
         ).all()
         for name, f in files:
-            if f and c.execute(text("SELECT (pg_stat_file(:f, true)).size"), {"f": f}).scalar():
-                if data in c.execute(text("SELECT pg_read_binary_file(:f)"), {"f": f}).scalar_one():
-                    found.append(name)
+            size = c.execute(text("SELECT (pg_stat_file(:f, true)).size"), {"f": f}).scalar() if f else None
+            if size and data in c.execute(text("SELECT pg_read_binary_file(:f)"), {"f": f}).scalar_one():
+                found.append(name)
     return found
 
 
