@@ -10,7 +10,9 @@ The app runs under granian's ASGI interface through `a2wsgi`, not its WSGI one: 
 environ carries only the percent-decoded path, so `a%2Fb` and `a/b` (names in paths, DESIGN.md 8)
 could not be told apart, while ASGI's `raw_path` keeps the request target. Before the app's thread
 sees a request, `BufferedBody` reads the whole body on the event loop, within a size cap and a time
-budget: a client that trickles its body holds no thread either.
+budget: a client that trickles its body holds no thread either. `ClientLimit`, in front of that,
+bounds the requests one client address has in a worker at once (granian itself has no per-client
+bound: its `backpressure` is one bound for all clients).
 """
 
 from __future__ import annotations
@@ -101,13 +103,46 @@ class BufferedBody:
                 return chunks
 
 
+class ClientLimit:
+    """At most `limit` requests of one client address in this worker at once (0: no limit); past it,
+    429 with Retry-After before the body is read, so one client cannot hold every thread or buffer
+    of a worker. Behind a proxy every request has the proxy's address: raise the limit, or set it to
+    0 and bound clients at the proxy (README, "Security")."""
+
+    def __init__(self, app: AsgiApp, *, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self._active: dict[str, int] = {}  # the event loop's own: no lock needed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.limit <= 0:
+            await self.app(scope, receive, send)
+            return
+        client = (scope.get("client") or ("", 0))[0]
+        if self._active.get(client, 0) >= self.limit:
+            detail = f"more than {self.limit} requests of this client at once (LEDGER_MAX_REQUESTS_PER_CLIENT)"
+            await _problem(send, 429, "Too Many Requests", detail, retry_after=1)
+            return
+        self._active[client] = self._active.get(client, 0) + 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            left = self._active[client] - 1
+            if left:
+                self._active[client] = left
+            else:
+                del self._active[client]
+
+
 class _TooLargeError(Exception):
     """The body passed the size cap."""
 
 
-async def _problem(send: Send, status: int, title: str, detail: str) -> None:
+async def _problem(send: Send, status: int, title: str, detail: str, *, retry_after: int | None = None) -> None:
     body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail}).encode()
     headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
     await send({"type": "http.response.start", "status": status, "headers": [*headers, (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
 
@@ -121,7 +156,8 @@ def asgi_app() -> AsgiApp:
     settings = Settings.from_env()
     threads = int(os.environ.get(_THREADS_ENV, "8"))
     wsgi = WSGIMiddleware(create_app(settings), workers=threads)  # type: ignore[arg-type]
-    return BufferedBody(wsgi, max_bytes=settings.max_body_bytes, seconds=settings.body_timeout_seconds)  # type: ignore[arg-type]
+    buffered = BufferedBody(wsgi, max_bytes=settings.max_body_bytes, seconds=settings.body_timeout_seconds)  # type: ignore[arg-type]
+    return ClientLimit(buffered, limit=settings.max_requests_per_client)
 
 
 def run_server(settings: Settings, *, host: str, port: int, workers: int, threads: int) -> None:
