@@ -136,6 +136,28 @@ def test_a_scoped_pipeline_writes_outputs_only_in_its_namespaces(client, runtime
     assert _size(client, tokens.auditor) == before
     ds = client.get("/api/v1/namespaces/B/datasets/customers", headers=auth(tokens.auditor)).get_json()
     assert ds["currentVersion"] == "v1" and [f["name"] for f in ds["fields"]] == ["id"]
+    # Nor through an input's facets: only the version it read.
+    r = client.post(
+        "/api/v1/lineage",
+        json=run_event(
+            namespace="A", job="read", inputs=[dataset("B", "customers", **evil)], outputs=[dataset("A", "m")]
+        ),
+        headers=auth(team_a),
+    )
+    assert r.status_code == 403 and r.get_json()["field"] == "/inputs/0/facets/schema"
+    r = client.post(
+        "/api/v1/lineage",
+        json=run_event(
+            namespace="A",
+            job="read",
+            inputs=[dataset("B", "customers", version={"datasetVersion": "v1"})],
+            outputs=[dataset("A", "mine", schema={"fields": []})],
+        ),
+        headers=auth(team_a),
+    )
+    assert r.status_code == 201
+    ds = client.get("/api/v1/namespaces/B/datasets/customers", headers=auth(tokens.auditor)).get_json()
+    assert [f["name"] for f in ds["fields"]] == ["id"]
     # Reading B is allowed: inputs may come from any namespace.
     r = client.post(
         "/api/v1/lineage",

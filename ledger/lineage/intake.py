@@ -32,6 +32,9 @@ def _hijack(subject: str) -> ConflictError:
     )
 
 
+# The dataset facets an input in a namespace its poster may not write may carry: the version it read.
+READ_FACETS = frozenset({"version"})
+
 # Appends a batch may retry after refusals found under the lock (each retry drops every event the
 # previous attempt found in conflict, so one retry suffices unless another append races this one).
 MAX_BATCH_ATTEMPTS = 4
@@ -79,6 +82,19 @@ class LineageIntake:
                     f"principal {principal.name!r} may not write to namespace {ns!r} (output {i})",
                     field=f"/outputs/{i}/namespace",
                 )
+        # Facets of an input describe the dataset (schema, source, tags, digest...): a scoped poster
+        # may name the version it read in another namespace, and nothing else of that dataset.
+        for i, inp in enumerate(v.event.get("inputs") or [] if v.kind == "openlineage.run_event" else []):
+            ns = inp.get("namespace") if isinstance(inp, dict) else None
+            facets = inp.get("facets") if isinstance(inp, dict) else None
+            if isinstance(ns, str) and isinstance(facets, dict) and not principal.may_write_namespace(ns):
+                written = sorted(k for k in facets if k not in READ_FACETS)
+                if written:
+                    raise PermissionDeniedError(
+                        f"principal {principal.name!r} may not write dataset facets in namespace {ns!r}"
+                        f" (input {i}: {written[0]})",
+                        field=f"/inputs/{i}/facets/{written[0]}",
+                    )
         return v
 
     def _pending(self, v: ValidatedEvent, principal: Poster) -> PendingEntry:
