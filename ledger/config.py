@@ -110,6 +110,8 @@ class Settings:
     run_scheduler: bool = True
     # Slow clients (ledger.server): the time to read a request's headers, and its body.
     header_timeout_seconds: float = 10.0
+    # After an erasure, rewrite the tables it touched on PostgreSQL (VACUUM FULL: exclusive locks).
+    erasure_rewrite: bool = False
     body_timeout_seconds: float = 30.0
     # Requests one client address may have in one worker at once (0: no limit; ledger.server).
     max_requests_per_client: int = 32
@@ -145,6 +147,7 @@ class Settings:
                 0,
             ),
             run_scheduler=e.get("LEDGER_SCHEDULER", "1") not in ("0", "false", "no"),
+            erasure_rewrite=e.get("LEDGER_ERASURE_REWRITE", "0") in ("1", "true", "yes"),
             header_timeout_seconds=_float_env(e, "LEDGER_HEADER_TIMEOUT_SECONDS", 10.0, 0.001),
             body_timeout_seconds=_float_env(e, "LEDGER_BODY_TIMEOUT_SECONDS", 30.0, 0.1),
             max_requests_per_client=_int_env(e, "LEDGER_MAX_REQUESTS_PER_CLIENT", 32, 0),

@@ -90,12 +90,17 @@ def erase(ledger: Ledger, projector: Projector, seq: int, *, reason: str, princi
     return receipt
 
 
-def scrub_after_erasure(db: Database, replayed: list[Projection]) -> None:
-    """Once the projector has replayed an erasure (and committed): no copy of the erased payload is
-    left in the database files, neither the payload row and its dedup key nor the projections' rows
-    it fed (`Database.scrub`)."""
+def scrub_after_erasure(db: Database, replayed: list[Projection], *, rewrite: bool = False) -> None:
+    """Once the projector has replayed an erasure (and committed): the erased payload's rows are
+    vacuumed from the database files (`Database.scrub`): the payload row, its dedup key and the
+    projections' rows it fed. With `rewrite` (LEDGER_ERASURE_REWRITE=1), PostgreSQL rewrites those
+    tables too, so no byte stays in a page's free space; the rewrite holds each table's exclusive
+    lock while it runs (appends and reads wait), so it is off by default."""
     tables = [t.__tablename__ for p in replayed for t in p.tables]  # type: ignore[attr-defined]
-    db.scrub(["log_entries"], rewrite=["entry_payloads", *tables])
+    if rewrite:
+        db.scrub(["log_entries"], rewrite=["entry_payloads", *tables])
+    else:
+        db.scrub(["log_entries", "entry_payloads", *tables])
 
 
 def rebuild_all(projector: Projector) -> dict[str, int]:

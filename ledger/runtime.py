@@ -90,7 +90,14 @@ def build_runtime(settings: Settings, *, policy: PolicyEngine | None = None) -> 
         return p.clearances if p is not None else frozenset()
 
     screen = violation_screen(ledger, policy_digest=policy.bundle.digest, clearances_of=clearances_of)
-    projector = Projector(db, PROJECTIONS, [screen], replays=replayed_by_erasure, scrub=scrub_after_erasure)
+    rewrite = settings.erasure_rewrite
+    projector = Projector(
+        db,
+        PROJECTIONS,
+        [screen],
+        replays=replayed_by_erasure,
+        scrub=lambda d, replayed: scrub_after_erasure(d, replayed, rewrite=rewrite),
+    )
     ledger.on_commit = lambda _size: projector.notify()
     governance = GovernanceService(
         ledger,

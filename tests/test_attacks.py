@@ -487,6 +487,17 @@ def test_revoked_and_rotated_tokens_answer_401_at_once_on_every_worker(tmp_path,
 # --- 8. erasure leaves no copies -------------------------------------------------------------------
 
 
+@pytest.fixture
+def settings(tmp_path: Any, database_url: str) -> Any:
+    """This module's logs rewrite the tables an erasure touched (LEDGER_ERASURE_REWRITE=1): plain
+    VACUUM, the default, may leave an erased row's bytes in a page's free space on PostgreSQL."""
+    from conftest import initialise, make_settings, shared_policy
+
+    s = make_settings(tmp_path, database_url, LEDGER_ERASURE_REWRITE="1")
+    initialise(s, policy=shared_policy(s.policy_dir))
+    return s
+
+
 def _holding(runtime: Any, data: bytes) -> list[str]:
     """The database's files holding `data`: SQLite's file, WAL and shared memory; PostgreSQL's heap
     and TOAST files of every table (read through the server, as the test's superuser)."""
