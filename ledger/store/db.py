@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -94,6 +95,7 @@ class Database:
         self.engine = make_engine(url, pool_size=pool_size)
         self._write_engine = self.engine.execution_options(ledger_write=True)
         self._statement_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._memory_lock = threading.Lock()  # the projector lock of an in-memory SQLite database
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -128,12 +130,58 @@ class Database:
         projections are applied. SQLite has one writer: there it is the write transaction itself.
         """
         if self.is_sqlite:
-            with self.write() as session:
-                yield session
+            with self._sqlite_projector_lock() as held:
+                if not held:
+                    yield None
+                    return
+                with self.write() as session:
+                    yield session
             return
         with Session(self._write_engine) as session, session.begin():
             held = session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": PROJECTOR_LOCK_KEY}).scalar()
             yield session if held else None
+
+    @contextmanager
+    def projector_lock(self) -> Iterator[bool]:
+        """The projector lock alone, without a write transaction (False when another holds it): what a
+        follower holds while it decides and appends, so that no batch is applied meanwhile.
+
+        PostgreSQL: the same advisory lock as `projecting`, in a transaction of its own that writes
+        nothing. SQLite: a lock file beside the database (flock), which `projecting` takes too; the
+        follower's appends then take SQLite's write lock as any append does.
+        """
+        if self.is_sqlite:
+            with self._sqlite_projector_lock() as held:
+                yield held
+            return
+        with Session(self.engine) as session, session.begin():
+            yield bool(
+                session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": PROJECTOR_LOCK_KEY}).scalar()
+            )
+
+    @contextmanager
+    def _sqlite_projector_lock(self) -> Iterator[bool]:
+        import fcntl
+
+        database = make_url(self.url).database
+        if not database or database == ":memory:":  # one process: a lock of this process
+            held = self._memory_lock.acquire(blocking=False)
+            try:
+                yield held
+            finally:
+                if held:
+                    self._memory_lock.release()
+            return
+        fd = os.open(f"{database}.projector-lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True  # closing the descriptor releases the lock
+        finally:
+            os.close(fd)
 
     @contextmanager
     def statement(self) -> Iterator[Connection]:

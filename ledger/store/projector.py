@@ -167,6 +167,9 @@ class Projector:
                 return False
             marks = self.watermarks(session)
             head = tree_size(session)
+            applied = min((marks[p.name] for p in self.projections), default=head)
+            if any(marks[f.name] < applied for f in self.followers):
+                return False  # a follower has not consumed the last batch yet: it goes first
             behind = {p.name: marks[p.name] for p in self.projections if marks[p.name] < head}
             if behind:
                 start = min(behind.values())
@@ -229,7 +232,7 @@ class Projector:
         return end
 
     def _follow(self, recent: _Recent | None = None, known: dict[str, int] | None = None) -> bool:
-        """Runs the followers up to what the projections have applied (outside any lock).
+        """Runs the followers up to what the projections have applied, each under the projector lock.
 
         `recent` is the batch this process just applied: a follower whose entries lie within it
         takes them from there instead of reading them again, unless a payload may have been erased
@@ -239,28 +242,31 @@ class Projector:
         for f in self.followers:
             if known is not None and known[f.name] >= min((known[p.name] for p in self.projections), default=0):
                 continue  # caught up with the watermarks just read: no transaction needed
-            with self.db.read() as s:
-                marks = self.watermarks(s)
-                target = min(marks[p.name] for p in self.projections) if self.projections else tree_size(s)
-                mark = marks[f.name]
-                if mark >= target:
-                    continue
-                end = min(target, mark + self.batch)
-                if (
-                    recent is not None
-                    and recent.start <= mark
-                    and end <= recent.end
-                    and not _erased_since(s, recent.head)
-                ):
-                    entries = [(h, pl) for h, pl in recent.entries if mark <= h.seq < end and h.kind in f.kinds]
-                else:
-                    entries = _read(s, mark, end, kinds=f.kinds)
-            f.consume(entries)
-            with self.db.projecting() as session:
-                if session is None:
-                    return did  # another applier runs; it will move the watermark
-                if self.watermarks(session)[f.name] == mark:
-                    _set_mark(session, f.name, end)
+            # Under the projector lock: no batch is applied while the follower decides on the state
+            # the last one left (its own appends take the append lock, as any append does).
+            with self.db.projector_lock() as held:
+                if not held:
+                    return did  # another applier holds it; it runs the followers first
+                with self.db.read() as s:
+                    marks = self.watermarks(s)
+                    target = min(marks[p.name] for p in self.projections) if self.projections else tree_size(s)
+                    mark = marks[f.name]
+                    if mark >= target:
+                        continue
+                    end = min(target, mark + self.batch)
+                    if (
+                        recent is not None
+                        and recent.start <= mark
+                        and end <= recent.end
+                        and not _erased_since(s, recent.head)
+                    ):
+                        entries = [(h, pl) for h, pl in recent.entries if mark <= h.seq < end and h.kind in f.kinds]
+                    else:
+                        entries = _read(s, mark, end, kinds=f.kinds)
+                f.consume(entries)
+                with self.db.write() as session:  # the projector lock is ours: no applier moves it
+                    if self.watermarks(session)[f.name] == mark:
+                        _set_mark(session, f.name, end)
             did = True
         return did
 
