@@ -10,7 +10,7 @@ from flask import Flask, Response, g, request
 from flask_smorest import Api
 from prometheus_client import Counter, Histogram
 
-from ledger.api import admin, governance, lineage, log, names, ops, reads, security
+from ledger.api import admin, faults, governance, lineage, log, names, ops, reads, security
 from ledger.api.consistency import wait_for_projections
 from ledger.api.problems import register_error_handlers
 from ledger.config import Settings
@@ -115,4 +115,5 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             LATENCY.labels(endpoint).observe(time.perf_counter() - g.t0)
         return resp
 
+    faults.install(app)  # last: every view is registered by now
     return app

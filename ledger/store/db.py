@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import JSON, Table, TypeDecorator, event, insert, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
 from sqlmodel import Session, create_engine
 
@@ -30,9 +30,12 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     """Creates an engine; SQLite gets WAL, full sync, foreign keys and manual BEGIN control."""
     if _is_sqlite(url):
         # A pool of reused connections: opening one costs a file open and four pragmas.
+        # How long a writer waits for SQLite's one write lock before "database is locked" (answered
+        # 503): 30 s, or the URL's own `?timeout=` (seconds), which pysqlite passes on.
+        busy = {} if "timeout" in make_url(url).query else {"timeout": 30}
         engine = create_engine(
             url,
-            connect_args={"check_same_thread": False, "timeout": 30},
+            connect_args={"check_same_thread": False, **busy},
             pool_size=pool_size,
             max_overflow=10,
         )
@@ -46,7 +49,6 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
         @event.listens_for(engine, "begin")
