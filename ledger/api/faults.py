@@ -52,5 +52,7 @@ def install(app: Flask) -> None:
     """Call after every blueprint is registered: wraps every view, and answers faults 503."""
     for endpoint, view in list(app.view_functions.items()):
         app.view_functions[endpoint] = _retrying(view)
+    for scope, hooks in app.before_request_funcs.items():  # they read too (reads wait for projections)
+        app.before_request_funcs[scope] = [_retrying(h) for h in hooks]
     app.register_error_handler(SQLAlchemyError, _answer)
     app.register_error_handler(OSError, _answer)

@@ -21,7 +21,9 @@ def sqlite_path(db: Database) -> Path | None:
     if not db.is_sqlite:
         return None
     name = make_url(db.url).database
-    return Path(name) if name and name != ":memory:" else None
+    if not name or name == ":memory:":
+        return None
+    return Path(name.removeprefix("file:"))  # a URI filename (`?uri=true`) names the file after `file:`
 
 
 def write_blockers(db: Database) -> list[str]:
