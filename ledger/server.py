@@ -117,7 +117,9 @@ def asgi_app() -> AsgiApp:
     from a2wsgi import WSGIMiddleware
 
     from ledger.app import create_app
+    from ledger.logs import configure_logging
 
+    configure_logging()  # one line per record, JSON with LEDGER_LOG_FORMAT=json
     settings = Settings.from_env()
     threads = int(os.environ.get(_THREADS_ENV, "8"))
     wsgi = WSGIMiddleware(create_app(settings), workers=threads)  # type: ignore[arg-type]

@@ -1,0 +1,197 @@
+"""Operations as an operator meets them, on real `ledger serve` processes: a host added with only the
+key file and the database URL, logs an operator can use, a full disk."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from conftest import Server, start_server, stop_server
+from events import run_event
+from spec_ref import parse_checkpoint, verify_inclusion, verify_note
+
+
+def _post(server: Server, token: str, body: Any, **headers: str) -> requests.Response:
+    return requests.post(
+        f"{server.url}/api/v1/lineage", json=body, headers={"Authorization": f"Bearer {token}", **headers}, timeout=30
+    )
+
+
+def _check_receipt(receipt: dict[str, Any], vkey: str) -> str:
+    origin, size, root = parse_checkpoint(verify_note(receipt["checkpoint"], vkey))
+    leaf = bytes.fromhex(receipt["leaf_hash"])
+    assert verify_inclusion(receipt["seq"], size, leaf, [bytes.fromhex(h) for h in receipt["inclusion_proof"]], root)
+    return str(origin)
+
+
+def test_new_host_needs_only_the_key_file_and_the_database_url(tmp_path: Path, database_url: str) -> None:
+    """The origin lives in the database: host B gets a copy of the key file and the URL, nothing else
+    (no LEDGER_ORIGIN, no instance-id file), and signs as the same log."""
+    a = start_server(tmp_path / "a", database_url, workers=1, LEDGER_ORIGIN="")
+    try:
+        vkey = a.verifier_key()
+        origin = vkey.split("+")[0]
+        assert origin.startswith("ledger.local/")  # made from host A's instance id, on the first start
+        token = a.add_principal("etl", "pipeline")
+        b_dir = tmp_path / "b-data"
+        b_dir.mkdir()
+        shutil.copy2(tmp_path / "a" / "srv" / "signing-key.pem", b_dir / "signing-key.pem")
+        b = start_server(
+            tmp_path / "b", database_url, workers=1, LEDGER_ORIGIN="", LEDGER_DATA_DIR=str(b_dir), LEDGER_SCHEDULER="0"
+        )
+        try:
+            assert sorted(p.name for p in b_dir.iterdir()) == ["signing-key.pem"]  # no instance-id made up
+            assert b.verifier_key() == vkey
+            r = _post(b, token, run_event())
+            assert r.status_code == 201, r.text
+            assert _check_receipt(r.json()["receipt"], vkey) == origin
+            cp = requests.get(f"{b.url}/api/v1/log/checkpoint", timeout=10).text
+            assert verify_note(cp, vkey)
+            auditor = a.add_principal("audit", "auditor")
+            ok = b.ledger("verify", "--url", b.url, "--key", vkey, "--token", auditor, check=False)
+            assert ok.stdout.startswith("OK:"), ok.stderr
+        finally:
+            stop_server(b)
+    finally:
+        stop_server(a)
+
+
+def test_logs_are_one_json_line_each_with_the_request_id_and_no_token_or_payload(
+    tmp_path: Path, database_url: str
+) -> None:
+    srv = start_server(tmp_path, database_url, workers=1, LEDGER_LOG_FORMAT="json")
+    try:
+        token = srv.add_principal("etl", "pipeline", "auditor")
+        marker = "payload-marker-7f3a9c"
+        r = _post(srv, token, run_event(job=marker), **{"X-Request-Id": "trace-abc.123"})
+        assert r.status_code == 201
+        assert r.headers["X-Request-Id"] == "trace-abc.123"
+        mine = requests.get(f"{srv.url}/api/v1/log/entries?limit=1", headers={"Authorization": f"Bearer {token}"})
+        generated = mine.headers["X-Request-Id"]
+        assert len(generated) == 32  # none given: one is made, and returned
+        bad = requests.get(f"{srv.url}/api/v1/log/entries/x", headers={"X-Request-Id": "a b\tc" * 40})
+        assert bad.headers["X-Request-Id"] != "a b\tc" * 40  # an unusable id is replaced, not echoed
+        # The access lines are written once the response is on its way: wait for the last one.
+        deadline = time.monotonic() + 10
+        while generated not in srv.log_path.read_text():
+            assert time.monotonic() < deadline, srv.log_path.read_text()[-2000:]
+            time.sleep(0.05)
+    finally:
+        stop_server(srv)
+    text = srv.log_path.read_text()
+    assert token not in text
+    assert marker not in text
+    records = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            records.append(json.loads(line))  # every structured record is one JSON line
+    access = [r for r in records if r.get("logger") == "ledger.access"]
+    posted = [r for r in access if r["request_id"] == "trace-abc.123"]
+    assert len(posted) == 1
+    assert posted[0] | {"time": None, "message": None, "process": None} == {
+        "time": None,
+        "message": None,
+        "process": None,
+        "level": "INFO",
+        "logger": "ledger.access",
+        "request_id": "trace-abc.123",
+        "method": "POST",
+        "path": "/api/v1/lineage",
+        "status": 201,
+        "duration_ms": posted[0]["duration_ms"],
+        "principal": "etl",
+    }
+    assert any(r["request_id"] == generated and r["status"] == 200 for r in access)
+    assert not any("Authorization" in json.dumps(r) or "Bearer" in json.dumps(r) for r in records)
+
+
+def _unshare_available() -> str | None:
+    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        return "unshare/nsenter not installed"
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+        capture_output=True,
+        check=False,
+    )
+    return None if probe.returncode == 0 else f"cannot mount a tmpfs here: {probe.stderr.decode().strip()}"
+
+
+def test_full_disk_answers_503_readyz_says_so_and_nothing_is_lost(tmp_path: Path, sqlite_template: Path) -> None:
+    """A server whose data directory (SQLite database, key) is a 24 MB tmpfs in a mount namespace of
+    its own; the disk is filled from inside that namespace while a client posts."""
+    why = _unshare_available()
+    if why is not None:
+        pytest.skip(why)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    data = disk / "data"
+    launcher = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        f'mount -t tmpfs -o size=24m tmpfs "{disk}" && exec "$@"',
+        "sh",
+    ]
+    srv = start_server(
+        tmp_path,
+        f"sqlite:///{data / 'ledger.db'}",
+        workers=1,
+        LEDGER_DATA_DIR=str(data),
+        prefix=launcher,
+    )
+    inside = ["nsenter", "--target", str(srv.proc.pid), "--mount", "--"]
+    try:
+        token = srv.add_principal("etl", "pipeline", "auditor", prefix=inside)
+        vkey = srv.verifier_key(prefix=inside)
+        receipts = []
+        for _ in range(5):
+            r = _post(srv, token, run_event())
+            assert r.status_code == 201
+            receipts.append(r.json()["receipt"])
+        assert requests.get(f"{srv.url}/readyz", timeout=10).status_code == 200
+        fill = subprocess.run(
+            [*inside, "sh", "-c", f'cat /dev/zero > "{disk}/filler"'], capture_output=True, check=False
+        )
+        assert b"No space left" in fill.stderr, fill.stderr
+        ready = requests.get(f"{srv.url}/readyz", timeout=10)
+        assert ready.status_code == 503
+        assert "disk" in ready.json()["reason"] and "full" in ready.json()["reason"]
+        statuses = []
+        for _ in range(40):
+            r = _post(srv, token, run_event(job="big", run_facets={"blob": {"x": "y" * 50_000}}))
+            statuses.append(r.status_code)
+            if r.status_code == 201:
+                receipts.append(r.json()["receipt"])
+            else:
+                assert r.status_code == 503, r.text
+                assert r.headers["Content-Type"] == "application/problem+json"
+                assert int(r.headers["Retry-After"]) >= 1
+                assert "disk is full" in r.json()["detail"]
+        assert 503 in statuses
+        subprocess.run([*inside, "rm", f"{disk}/filler"], check=True)
+        r = _post(srv, token, run_event())
+        assert r.status_code == 201, r.text
+        receipts.append(r.json()["receipt"])
+        deadline = time.monotonic() + 10
+        while requests.get(f"{srv.url}/readyz", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, "never ready again after the disk was freed"
+            time.sleep(0.1)
+        for receipt in receipts:
+            _check_receipt(receipt, vkey)
+            entry = requests.get(
+                f"{srv.url}/api/v1/log/entries/{receipt['seq']}", headers={"Authorization": f"Bearer {token}"}
+            ).json()
+            assert entry["leaf_hash"] == receipt["leaf_hash"]
+        ok = srv.ledger("verify", "--url", srv.url, "--key", vkey, "--token", token, prefix=inside, check=False)
+        assert ok.stdout.startswith("OK:"), ok.stderr
+    finally:
+        stop_server(srv)
