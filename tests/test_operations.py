@@ -4,9 +4,12 @@ key file and the database URL, logs an operator can use, a full disk."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ import pytest
 import requests
 from conftest import Server, start_server, stop_server
 from events import run_event
-from spec_ref import parse_checkpoint, verify_inclusion, verify_note
+from spec_ref import parse_checkpoint, verify_consistency, verify_inclusion, verify_note
 
 
 def _post(server: Server, token: str, body: Any, **headers: str) -> requests.Response:
@@ -195,3 +198,91 @@ def test_full_disk_answers_503_readyz_says_so_and_nothing_is_lost(tmp_path: Path
         assert ok.stdout.startswith("OK:"), ok.stderr
     finally:
         stop_server(srv)
+
+
+def _backup_and_restore(database_url: str, tmp_path: Path) -> str:
+    """Backs the live database up as the README says, restores it into a new database; its URL."""
+    if database_url.startswith("sqlite"):
+        import sqlite3
+
+        src = sqlite3.connect(database_url.removeprefix("sqlite:///"))
+        dst_path = tmp_path / "restored.db"
+        dst = sqlite3.connect(dst_path)
+        with dst:
+            src.backup(dst)  # SQLite's online backup (the sqlite3 shell's `.backup`)
+        src.close()
+        dst.close()
+        return f"sqlite:///{dst_path}"
+    from conftest import _admin_exec, _pg_url
+    from sqlalchemy.engine import make_url
+
+    dump = tmp_path / "ledger.dump"
+    plain = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    subprocess.run(["pg_dump", "--format=custom", f"--file={dump}", plain], check=True)
+    name = f"ledger_t_{os.getpid()}_{uuid.uuid4().hex[:12]}"  # dropped by the next run if this one dies
+    _admin_exec(f'CREATE DATABASE "{name}"')
+    restored = _pg_url(name)
+    target = make_url(restored).set(drivername="postgresql").render_as_string(hide_password=False)
+    subprocess.run(["pg_restore", "--no-owner", "--exit-on-error", f"--dbname={target}", str(dump)], check=True)
+    return restored
+
+
+def test_backup_under_load_restores_to_a_log_consistent_with_every_checkpoint_handed_out(
+    tmp_path: Path, database_url: str
+) -> None:
+    srv = start_server(tmp_path / "live", database_url, workers=1)
+    stop = threading.Event()
+    receipts: list[dict[str, Any]] = []
+    try:
+        token = srv.add_principal("etl", "pipeline", "auditor")
+        vkey = srv.verifier_key()
+
+        def load() -> None:
+            while not stop.is_set():
+                r = _post(srv, token, run_event())
+                assert r.status_code == 201, r.text
+                receipts.append(r.json()["receipt"])
+
+        poster = threading.Thread(target=load)
+        poster.start()
+        while len(receipts) < 20:
+            assert poster.is_alive()
+            time.sleep(0.05)
+        handed_out = list(receipts)  # every checkpoint a client held before the backup began
+        restored_url = _backup_and_restore(database_url, tmp_path)
+        while len(receipts) < len(handed_out) + 10:  # the log goes on growing past the backup
+            assert poster.is_alive()
+            time.sleep(0.05)
+        stop.set()
+        poster.join()
+    finally:
+        stop.set()
+        stop_server(srv)
+    try:
+        key = {"LEDGER_SIGNING_KEY": str(tmp_path / "live" / "srv" / "signing-key.pem")}
+        restored = start_server(tmp_path / "restored", restored_url, workers=1, LEDGER_SCHEDULER="0", **key)
+        try:
+            ok = restored.ledger("verify", "--url", restored.url, "--key", vkey, "--token", token, check=False)
+            assert ok.stdout.startswith("OK:"), ok.stderr
+            size = parse_checkpoint(verify_note(requests.get(f"{restored.url}/api/v1/log/checkpoint").text, vkey))[1]
+            auth_ = {"Authorization": f"Bearer {token}"}
+            restored_root = parse_checkpoint(
+                verify_note(requests.get(f"{restored.url}/api/v1/log/checkpoint").text, vkey)
+            )[2]
+            for receipt in handed_out:
+                _, first, first_root = parse_checkpoint(verify_note(receipt["checkpoint"], vkey))
+                assert first <= size  # the restored log holds everything a client was told of
+                entry = requests.get(f"{restored.url}/api/v1/log/entries/{receipt['seq']}", headers=auth_).json()
+                assert entry["leaf_hash"] == receipt["leaf_hash"]
+                if first < size:
+                    proof = requests.get(
+                        f"{restored.url}/api/v1/log/proof/consistency?first={first}&second={size}", headers=auth_
+                    ).json()["hashes"]
+                    assert verify_consistency(first, size, first_root, restored_root, [bytes.fromhex(h) for h in proof])
+        finally:
+            stop_server(restored)
+    finally:
+        if not restored_url.startswith("sqlite"):
+            from conftest import drop_pg_database
+
+            drop_pg_database(restored_url)
