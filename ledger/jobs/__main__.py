@@ -7,6 +7,7 @@ import sys
 
 from ledger.config import Settings
 from ledger.jobs.checkpoints import run_forever
+from ledger.lifeline import die_with_serve_master
 from ledger.logs import configure_logging
 from ledger.security.keys import KeyFile
 from ledger.store.db import Database
@@ -18,6 +19,7 @@ def main() -> None:
     # "Running job" / "executed successfully" lines (INFO, several a minute) are left out.
     configure_logging()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    die_with_serve_master()  # started by `ledger serve`: dies with it
     settings = Settings.from_env()
     # Only the log: the scheduler process imports no web framework, policy engine or projections.
     signer = KeyFile(settings.signing_key_path, settings.origin)  # follows `ledger keys rotate`
