@@ -175,8 +175,8 @@ def _database_origin(url: str, data_dir: Path) -> str | None:
             return None
         first = str(getattr(e, "orig", e)).strip().splitlines()[0]
         raise ConfigurationError(
-            f"cannot read the log's origin from the database (LEDGER_DATABASE_URL): {first}; "
-            "set LEDGER_ORIGIN, or start once the database is reachable"
+            f"the database is unavailable (LEDGER_DATABASE_URL): {first} (the log's origin is read from it; "
+            "or set LEDGER_ORIGIN)"
         ) from e
 
 

@@ -76,15 +76,15 @@ def fault_of(e: BaseException) -> StorageFault | None:
             return StorageFault(CONNECTION, "the database connection was lost; try again shortly")
         if isinstance(orig, sqlite3.Error):
             text = str(orig).lower()
-            for needle, kind in _SQLITE:
+            for needle, sqlite_kind in _SQLITE:
                 if needle in text:
-                    return StorageFault(kind, _describe(kind, str(orig)))
+                    return StorageFault(sqlite_kind, _describe(sqlite_kind, str(orig)))
             return None
         if orig is not None:
-            kind = _pg_kind(orig)
-            if kind is not None:
+            pg_kind = _pg_kind(orig)
+            if pg_kind is not None:
                 first = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-                return StorageFault(kind, _describe(kind, first))
+                return StorageFault(pg_kind, _describe(pg_kind, first))
         return None
     if isinstance(e, OSError) and e.errno in _ERRNO:
         kind = _ERRNO[e.errno]
