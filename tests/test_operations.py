@@ -306,6 +306,10 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+def _down(answers: list[tuple[float, int, Any]], since: float) -> float:
+    return min((t for t, s, _ in answers if t > since and s == 0), default=since)
+
+
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -322,15 +326,16 @@ def test_master_killed_under_load_leaves_no_process_and_serves_again_within_seco
     token = srv.add_principal("etl", "pipeline", "auditor")
     vkey = srv.verifier_key()
     stop = threading.Event()
-    answers: list[tuple[float, int, dict[str, Any] | None]] = []
+    answers: list[tuple[float, int, dict[str, Any] | None]] = []  # (sent at, status, receipt)
 
     def load() -> None:
         while not stop.is_set():
+            sent = time.monotonic()
             try:
                 r = _post(srv, token, run_event())
-                answers.append((time.monotonic(), r.status_code, r.json().get("receipt")))
+                answers.append((sent, r.status_code, r.json().get("receipt")))
             except requests.RequestException:
-                answers.append((time.monotonic(), 0, None))  # the server is down: try again
+                answers.append((sent, 0, None))  # the server is down: try again
                 time.sleep(0.05)
 
     posters = [threading.Thread(target=load) for _ in range(3)]
@@ -355,12 +360,19 @@ def test_master_killed_under_load_leaves_no_process_and_serves_again_within_seco
         (tmp_path / "again").mkdir()
         again = _start_server_on(port, srv.env, tmp_path / "again", 2, [])
         serving_in = time.monotonic() - started_at
-        while not any(t > killed_at and s == 201 for t, s, _ in answers):
+        # Workers may still answer in the 0.2 s before they notice: the outage begins with the first
+        # request refused after the kill, and ends with the first 201 to a request sent after that.
+        while not any(s == 201 and t > _down(answers, killed_at) for t, s, _ in answers):
             assert time.monotonic() - killed_at < 30
             time.sleep(0.02)
-        next_201 = min(t for t, s, _ in answers if t > killed_at and s == 201) - killed_at
-        print(f"children gone {gone_in:.3f} s; serving again in {serving_in:.2f} s; next 201 {next_201:.2f} s")
-        # The bound on a restart alone is 5 s: measured here 3-7 s, depending on how busy the
+        # (the poll above saw the first 201 to a request sent after the outage began)
+        next_201 = time.monotonic() - killed_at
+        refused = sum(s == 0 and t > killed_at for t, s, _ in answers)
+        print(
+            f"children gone {gone_in:.3f} s; serving again in {serving_in:.2f} s; next 201 {next_201:.2f} s "
+            f"after the kill ({refused} requests refused meanwhile)"
+        )
+        # The bound on a restart alone is 5 s: measured here 3 to 5 s, depending on how busy the
         # machine's two cores are (README, Operations); the bound asserted is the one on the next 201.
         assert serving_in <= 10, serving_in
         assert next_201 <= 10, next_201
