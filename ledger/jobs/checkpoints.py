@@ -1,4 +1,4 @@
-"""Scheduled jobs. They run in one scheduler process per host (started by the gunicorn master,
+"""Scheduled jobs. They run in one scheduler process per host (started by the `ledger serve` master,
 never in each worker), and each run first claims a lease row, so across hosts sharing a database a
 job runs once per interval."""
 
