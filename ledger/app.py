@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -10,15 +11,17 @@ from flask import Flask, Response, g, request
 from flask_smorest import Api
 from prometheus_client import Counter, Histogram
 
-from ledger.api import admin, governance, lineage, log, names, ops, reads, security
+from ledger.api import admin, faults, governance, lineage, log, names, ops, reads, security
 from ledger.api.consistency import wait_for_projections
 from ledger.api.problems import register_error_handlers
 from ledger.config import Settings
 from ledger.console import bp as console_bp
 from ledger.errors import InvalidRequestError
+from ledger.logs import REQUEST_ID_HEADER, new_request_id, request_id
 from ledger.runtime import Runtime, build_runtime
 
 REQUESTS = Counter("ledger_http_requests_total", "HTTP requests", ["method", "endpoint", "status"])
+ACCESS = logging.getLogger("ledger.access")  # one line per request (ledger/logs.py says what is in it)
 LATENCY = Histogram("ledger_http_request_seconds", "HTTP request latency", ["endpoint"])
 
 
@@ -102,6 +105,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     @app.before_request
     def _start() -> None:
         g.t0 = time.perf_counter()
+        g.request_id = new_request_id(request.headers.get(REQUEST_ID_HEADER))
+        request_id.set(g.request_id)  # every log line of this request carries it
         if "\x00" in request.path:  # no database can store it, and no name holds it
             raise InvalidRequestError("the path holds a NUL character", field="path")
 
@@ -112,7 +117,32 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         endpoint = request.url_rule.rule if request.url_rule else "unmatched"
         REQUESTS.labels(request.method, endpoint, str(resp.status_code)).inc()
         if "t0" in g:
-            LATENCY.labels(endpoint).observe(time.perf_counter() - g.t0)
+            elapsed = time.perf_counter() - g.t0
+            LATENCY.labels(endpoint).observe(elapsed)
+            principal = g.principal.name if "principal" in g else None
+            ACCESS.info(
+                "%s %s %d %.1f ms principal=%s",
+                request.method,
+                request.path,
+                resp.status_code,
+                elapsed * 1000,
+                principal or "-",
+                extra={
+                    "method": request.method,
+                    "path": request.path,
+                    "status": resp.status_code,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "principal": principal,
+                },
+            )
+        if "request_id" in g:
+            resp.headers[REQUEST_ID_HEADER] = g.request_id
         return resp
 
+    @app.teardown_request
+    def _forget_request_id(_exc: BaseException | None) -> None:
+        # Not ContextVar.reset: a streamed response ends in another context than the one it began in.
+        request_id.set("-")
+
+    faults.install(app)  # last: every view is registered by now
     return app

@@ -125,20 +125,27 @@ def _require_free_port(host: str, port: int) -> None:
     """Fail in one line when the address is taken, before the server tries to bind it."""
     import errno
     import socket
+    import time
 
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as e:
         raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
     family, kind, proto, _, addr = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
-        try:
-            probe.bind(addr)
-        except OSError as e:
-            busy = e.errno == errno.EADDRINUSE
-            why = "the address is in use (another `ledger serve`?); choose another --port" if busy else e.strerror
-            raise click.ClickException(f"cannot listen on {host}:{port}: {why}") from e
+    deadline = time.monotonic() + 2  # workers of a master just killed are dying (ledger.lifeline)
+    while True:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+            try:
+                probe.bind(addr)
+                return
+            except OSError as e:
+                busy = e.errno == errno.EADDRINUSE
+                if busy and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                why = "the address is in use (another `ledger serve`?); choose another --port" if busy else e.strerror
+                raise click.ClickException(f"cannot listen on {host}:{port}: {why}") from e
 
 
 @main.command(hidden=True)

@@ -123,7 +123,7 @@ class Settings:
         e = dict(os.environ if env is None else env)
         data_dir = Path(e.get("LEDGER_DATA_DIR") or "./ledger-data").resolve()
         db = e.get("LEDGER_DATABASE_URL") or f"sqlite:///{data_dir / 'ledger.db'}"
-        origin = e.get("LEDGER_ORIGIN") or f"ledger.local/{instance_id(data_dir)}"
+        origin = e.get("LEDGER_ORIGIN") or _database_origin(db, data_dir) or f"ledger.local/{instance_id(data_dir)}"
         key = Path(e.get("LEDGER_SIGNING_KEY") or data_dir / "signing-key.pem")
         return Settings(
             data_dir=data_dir,
@@ -166,6 +166,28 @@ class Settings:
         return EventTimeWindow(
             earliest=self.event_time_min, max_ahead=timedelta(seconds=self.event_time_max_ahead_seconds)
         )
+
+
+def _database_origin(url: str, data_dir: Path) -> str | None:
+    """The origin the database keeps (its current key's name): a new host needs no file of its own.
+
+    When the database cannot be reached, this host's instance id file, if it has one, names it as
+    before (so a worker can start while the database is down, and answer 503); else start fails.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ledger.store.identity import stored_origin
+
+    try:
+        return stored_origin(url)
+    except SQLAlchemyError as e:
+        if (data_dir / "instance-id").exists():
+            return None
+        first = str(getattr(e, "orig", e)).strip().splitlines()[0]
+        raise ConfigurationError(
+            f"the database is unavailable (LEDGER_DATABASE_URL): {first} (the log's origin is read from it; "
+            "or set LEDGER_ORIGIN)"
+        ) from e
 
 
 def instance_id(data_dir: Path) -> str:

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from ledger.config import Settings
+from ledger.lifeline import PARENT_ENV
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -152,7 +153,11 @@ def asgi_app() -> AsgiApp:
     from a2wsgi import WSGIMiddleware
 
     from ledger.app import create_app
+    from ledger.lifeline import die_with_serve_master
+    from ledger.logs import configure_logging
 
+    die_with_serve_master()  # a worker ends within 0.2 s of the master's death: no orphan keeps the port
+    configure_logging()  # one line per record, JSON with LEDGER_LOG_FORMAT=json
     settings = Settings.from_env()
     threads = int(os.environ.get(_THREADS_ENV, "8"))
     wsgi = WSGIMiddleware(create_app(settings), workers=threads)  # type: ignore[arg-type]
@@ -183,6 +188,7 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int, thread
                 proc.kill()
 
     os.environ[_THREADS_ENV] = str(threads)
+    os.environ[PARENT_ENV] = str(os.getpid())  # the workers and the scheduler die with this process
     server = Granian(
         "ledger.server:asgi_app",
         address=host,

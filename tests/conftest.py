@@ -395,9 +395,12 @@ class Server:
     log_path: Path
     log_file: Any = None
 
-    def ledger(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def ledger(
+        self, *args: str, check: bool = True, prefix: list[str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Runs a `ledger` command with the server's environment (`prefix`: e.g. `nsenter ...`)."""
         return subprocess.run(
-            [sys.executable, "-m", "ledger.cli", *args],
+            [*(prefix or []), sys.executable, "-m", "ledger.cli", *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -405,18 +408,24 @@ class Server:
             timeout=600,
         )
 
-    def verifier_key(self) -> str:
-        return self.ledger("keys", "verifier").stdout.strip()
+    def verifier_key(self, prefix: list[str] | None = None) -> str:
+        return self.ledger("keys", "verifier", prefix=prefix).stdout.strip()
 
-    def add_principal(self, name: str, *roles: str, extra: tuple[str, ...] = ()) -> str:
+    def add_principal(
+        self, name: str, *roles: str, extra: tuple[str, ...] = (), prefix: list[str] | None = None
+    ) -> str:
         args = ["principals", "add", name]
         for r in roles:
             args += ["--role", r]
-        return self.ledger(*args, *extra).stdout.strip().splitlines()[-1]
+        return self.ledger(*args, *extra, prefix=prefix).stdout.strip().splitlines()[-1]
 
 
-def start_server(tmp_path: Path, database_url: str, *, workers: int = 2, **env: str) -> Server:
-    """`ledger serve` on a free loopback port, once `/healthz` answers; RuntimeError if it exits."""
+def start_server(
+    tmp_path: Path, database_url: str, *, workers: int = 2, prefix: list[str] | None = None, **env: str
+) -> Server:
+    """`ledger serve` on a free loopback port, once `/healthz` answers; RuntimeError if it exits.
+
+    `prefix` goes before the command (e.g. `unshare ...` to run it in a mount namespace of its own)."""
     full_env = dict(os.environ)
     full_env.update(
         {
@@ -431,7 +440,7 @@ def start_server(tmp_path: Path, database_url: str, *, workers: int = 2, **env: 
     tmp_path.mkdir(parents=True, exist_ok=True)
     for attempt in range(3):
         try:
-            return _start_server_on(free_port(), full_env, tmp_path, workers)
+            return _start_server_on(free_port(), full_env, tmp_path, workers, prefix or [])
         except _PortTakenError:
             # Between free_port() closing its socket and the server binding, another process (a
             # parallel test, a client's ephemeral port) took the port: take another.
@@ -444,11 +453,11 @@ class _PortTakenError(RuntimeError):
     pass
 
 
-def _start_server_on(port: int, full_env: dict[str, str], tmp_path: Path, workers: int) -> Server:
+def _start_server_on(port: int, full_env: dict[str, str], tmp_path: Path, workers: int, prefix: list[str]) -> Server:
     log_path = tmp_path / f"server-{port}.log"
     log = log_path.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "serve", "--port", str(port), "--workers", str(workers)],
+        [*prefix, sys.executable, "-m", "ledger.cli", "serve", "--port", str(port), "--workers", str(workers)],
         env=full_env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
-from sqlalchemy import text
+
+from ledger.errors import LedgerError
+from ledger.store.faults import fault_of
+from ledger.store.health import checkpoint_age, write_blockers
 
 bp = Blueprint("ops", __name__)
 
@@ -19,28 +25,59 @@ PROJECTION_LAG = Gauge(
 )
 
 
-@bp.get("/readyz")
-def readyz() -> tuple[Response, int]:
-    rt = current_app.extensions["ledger.runtime"]
+CHECKPOINT_AGE = Gauge(
+    "ledger_checkpoint_age_seconds",
+    "Seconds since a signed checkpoint of the whole log was last stored or confirmed by the checkpoint job",
+)
+WRITE_FAULT_SECONDS = 60  # an append that failed on a full disk or read-only database counts this long
+
+
+def _not_ready(rt: Any) -> tuple[list[str], dict[str, int]]:
+    """Every reason writes cannot succeed now (DESIGN.md 7 operations), and the projection lag."""
+    reasons: list[str] = []
     try:
+        reasons += write_blockers(rt.db)
         with rt.db.read() as session:
-            session.execute(text("SELECT 1 FROM log_entries LIMIT 1"))
-        lag = rt.projector.lag()
-    except Exception as e:  # any failure means not ready; say why
-        return jsonify({"status": "unavailable", "reason": type(e).__name__}), 503
+            rt.ledger.require_current_key(session, rt.ledger.signer.verifier.key_id.hex())
+    except LedgerError as e:  # the key is stale (a rotation this host has not seen)
+        reasons.append(e.detail)
+    except Exception as e:  # the database cannot be reached: say why, in one line
+        fault = fault_of(e)
+        reasons.append(fault.detail if fault is not None else f"the database failed: {type(e).__name__}")
+        return reasons, {}
+    fault = rt.ledger.write_fault
+    if fault is not None and time.monotonic() - fault[0] < WRITE_FAULT_SECONDS:
+        reasons.append(f"the last append failed: {fault[1]}")
+    lag = rt.projector.lag()
     bound = rt.settings.max_projection_lag
     behind = {name: n for name, n in lag.items() if n > bound}
     if behind:
-        reason = f"projections behind the log by more than {bound} entries: {behind}"
-        return jsonify({"status": "unavailable", "reason": reason, "projection_lag": lag}), 503
+        reasons.append(f"projections behind the log by more than {bound} entries: {behind}")
+    age = checkpoint_age(rt.db)
+    interval = rt.settings.checkpoint_interval
+    if age is not None and age > 2 * interval:
+        reasons.append(f"the newest checkpoint is {age:.0f} s old, past twice the interval ({interval} s)")
+    return reasons, lag
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """200 when writes can succeed; 503 with every reason they cannot."""
+    reasons, lag = _not_ready(current_app.extensions["ledger.runtime"])
+    if reasons:
+        body = {"status": "unavailable", "reason": "; ".join(reasons), "reasons": reasons, "projection_lag": lag}
+        return jsonify(body), 503
     return jsonify({"status": "ready", "projection_lag": lag}), 200
 
 
 @bp.get("/metrics")
 def metrics() -> Response:
+    rt = current_app.extensions["ledger.runtime"]
     try:
-        for name, n in current_app.extensions["ledger.runtime"].projector.lag().items():
+        for name, n in rt.projector.lag().items():
             PROJECTION_LAG.labels(name).set(n)
+        age = checkpoint_age(rt.db)
+        CHECKPOINT_AGE.set(age if age is not None else float("nan"))
     except Exception:  # noqa: S110  (the other metrics are still worth serving)
         pass
     return Response(generate_latest(), content_type=CONTENT_TYPE_LATEST)  # it names its charset already

@@ -11,6 +11,7 @@ Invariants (DESIGN.md 8, "Log first"):
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +22,7 @@ from sqlmodel import Session, col
 
 from ledger.errors import ConflictError, NotFoundError
 from ledger.store.db import Database, bulk_insert, chunks
+from ledger.store.faults import WRITE_BLOCKING, fault_of, is_transient
 from ledger.store.models import EntryPayload, LogEntry, SubjectOwner
 from ledger.store.sequencer import AppendedEntry, AppendResult, PendingEntry, PendingRows, Sequencer, TreeState
 from ledger.store.tree import inclusion_proofs
@@ -105,6 +107,9 @@ class GroupCommit:
     _queue: list[_AppendRequest]
     _leading: bool
     on_commit: Callable[[int], None] | None
+    # (when, why) of the last group that failed on a fault no write gets past (a full disk, a
+    # read-only database), or None once a group commits again; `/readyz` reports it.
+    write_fault: tuple[float, str] | None = None
 
     # Provided by `signing.Checkpoints` in `Ledger`: signer, require_current_key, _sign.
     signer: NoteSigner
@@ -171,10 +176,25 @@ class GroupCommit:
     MAX_GROUP = 64
 
     def _commit_group(self, group: list[_AppendRequest]) -> None:
-        """Commits a group in one transaction; a request refused on its own leaves the rest in."""
+        """Commits a group in one transaction; a request refused on its own leaves the rest in.
+
+        A connection lost mid-group is tried once more on a new connection, when that cannot write an
+        entry twice: the loss came before the commit was sent (so nothing was written), or every entry
+        carries a dedup key (a retry of one that did commit returns the original entry).
+        """
+        attempt = _Attempt()
         try:
-            size, root, proofs = self._run_group(group)
+            try:
+                size, root, proofs = self._run_group(group, attempt)
+            except Exception as e:
+                if not (is_transient(e) and (not attempt.committing or _idempotent(group))):
+                    raise
+                self._sequencer.forget()
+                size, root, proofs = self._run_group(group, _Attempt())
         except BaseException as e:
+            fault = fault_of(e)
+            if fault is not None and fault.kind in WRITE_BLOCKING:
+                self.write_fault = (time.monotonic(), fault.detail)
             self._sequencer.forget()
             for req in group:
                 if req.error is None:
@@ -183,6 +203,7 @@ class GroupCommit:
                 req.done = True
             return
         # Committed: the tree of `size` exists for good and may be signed.
+        self.write_fault = None
         note = self._sign(size, root)
         for req in group:
             if req.error is None and req.result is not None:
@@ -201,7 +222,7 @@ class GroupCommit:
         if self.on_commit is not None:
             self.on_commit(size)
 
-    def _run_group(self, group: list[_AppendRequest]) -> tuple[int, bytes, dict[int, list[bytes]]]:
+    def _run_group(self, group: list[_AppendRequest], attempt: _Attempt) -> tuple[int, bytes, dict[int, list[bytes]]]:
         # Under the lock, in this order: (1) the tree as it stands; (2) per request, its precondition
         # on the log, then seq, time and digests for its entries, undone in memory alone if the
         # request is refused; (3) every row of the group in one write per table; (4) the payloads
@@ -243,6 +264,7 @@ class GroupCommit:
             seqs = sorted({e.header.seq for r in group if r.result is not None for e in r.result.entries})
             size = state.compact.size
             proofs = inclusion_proofs(session, seqs, size, state.known) if seqs else {}  # (5)
+            attempt.committing = True  # from here on, the commit may have reached the database
         self._sequencer.committed(state)  # (6) done: the transaction committed
         return size, state.compact.root(), proofs
 
@@ -280,6 +302,16 @@ class GroupCommit:
         # retired key's signature. One primary-key read per group.
         self.require_current_key(session, self.signer.verifier.key_id.hex())
         return state
+
+
+@dataclass
+class _Attempt:
+    committing: bool = False
+
+
+def _idempotent(group: list[_AppendRequest]) -> bool:
+    """Every entry of the group carries a dedup key (and erases nothing): appending it again is a no-op."""
+    return all(r.erases is None and all(p.dedup_key for p in r.pending) for r in group)
 
 
 @dataclass(frozen=True)

@@ -53,9 +53,12 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     if _is_sqlite(url):
         _private_file(url)
         # A pool of reused connections: opening one costs a file open and four pragmas.
+        # How long a writer waits for SQLite's one write lock before "database is locked" (answered
+        # 503): 30 s, or the URL's own `?timeout=` (seconds), which pysqlite passes on.
+        busy = {} if "timeout" in make_url(url).query else {"timeout": 30}
         engine = create_engine(
             url,
-            connect_args={"check_same_thread": False, "timeout": 30},
+            connect_args={"check_same_thread": False, **busy},
             pool_size=pool_size,
             max_overflow=10,
         )
@@ -69,7 +72,6 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
             # Deleted content is overwritten with zeros, not left in free pages (an erased payload).
             cur.execute("PRAGMA secure_delete=ON")
             cur.close()
