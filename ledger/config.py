@@ -130,7 +130,7 @@ class Settings:
             database_url=db,
             origin=origin,
             signing_key_path=key,
-            dedup_key_path=Path(e.get("LEDGER_DEDUP_KEY") or data_dir / "dedup-key"),
+            dedup_key_path=Path(e["LEDGER_DEDUP_KEY"]) if e.get("LEDGER_DEDUP_KEY") else None,
             max_body_bytes=_int_env(e, "LEDGER_MAX_BODY_BYTES", DEFAULT_MAX_BODY, 1024),
             checkpoint_interval=_int_env(e, "LEDGER_CHECKPOINT_INTERVAL", 60, 1),
             policy_dir=Path(e["LEDGER_POLICY_DIR"]) if e.get("LEDGER_POLICY_DIR") else default_policy_dir(),

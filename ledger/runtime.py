@@ -12,7 +12,7 @@ from ledger.policy.engine import PolicyEngine, PolicyLimits, load_policy_bundle
 from ledger.projections import PROJECTIONS, replayed_by_erasure, scrub_after_erasure
 from ledger.security.access import AccessService, violation_screen
 from ledger.security.keyring import Keyring, key_state
-from ledger.security.keys import KeyFile, check_host_key, ensure_dedup_secret, key_id_of, load_signing_key
+from ledger.security.keys import KeyFile, check_host_key, dedup_secret, key_id_of, load_signing_key
 from ledger.security.principals import PrincipalStore
 from ledger.store.db import Database
 from ledger.store.ledger import Ledger
@@ -118,7 +118,7 @@ def build_runtime(settings: Settings, *, policy: PolicyEngine | None = None) -> 
         intake=LineageIntake(
             ledger,
             window=settings.event_time_window,
-            dedup_secret=ensure_dedup_secret(settings.dedup_key_path or settings.data_dir / "dedup-key"),
+            dedup_secret=dedup_secret(settings.dedup_key_path, settings.data_dir, settings.signing_key_path),
         ),
         policy=policy,
         governance=governance,

@@ -591,5 +591,24 @@ def test_a_new_sqlite_database_is_private_from_its_first_byte(tmp_path) -> None:
         os.umask(old)
     assert stat.S_IMODE(os.stat(tmp_path / "d").st_mode) == 0o700
     files = [p for p in (tmp_path / "d").iterdir() if p.is_file()]
-    assert {p.name for p in files} >= {"ledger.db", "signing-key.pem", "dedup-key"}
+    assert {p.name for p in files} >= {"ledger.db", "signing-key.pem"}
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: 0o600 for p in files}
+
+
+def test_the_dedup_secret_comes_with_the_signing_key(tmp_path: Any) -> None:
+    """A second host with only the key file (and the database URL) keys dedup as the first does;
+    another key gives another secret; LEDGER_DEDUP_KEY pins one file across rotations."""
+    from ledger.config import Settings
+    from ledger.runtime import initialise
+    from ledger.security.keys import dedup_secret
+
+    first = Settings.from_env({"LEDGER_DATA_DIR": str(tmp_path / "a"), "LEDGER_ORIGIN": "ledger.test/p"})
+    initialise(first)
+    other = Settings.from_env({"LEDGER_DATA_DIR": str(tmp_path / "b"), "LEDGER_ORIGIN": "ledger.test/q"})
+    initialise(other)
+    one = dedup_secret(None, first.data_dir, first.signing_key_path)
+    assert len(one) == 32
+    assert dedup_secret(None, tmp_path / "elsewhere", first.signing_key_path) == one
+    assert dedup_secret(None, other.data_dir, other.signing_key_path) != one
+    pinned = dedup_secret(tmp_path / "pinned", first.data_dir, first.signing_key_path)
+    assert pinned != one and dedup_secret(tmp_path / "pinned", other.data_dir, other.signing_key_path) == pinned

@@ -231,3 +231,23 @@ def _read_secret(path: Path) -> bytes:
     if len(secret) < 16:
         raise ConfigurationError(f"dedup secret {path} is shorter than 16 bytes")
     return secret
+
+
+def dedup_secret(key_file: Path | None, data_dir: Path, signing_key_path: Path) -> bytes:
+    """The secret that keys intake's dedup keys: the file `key_file` (LEDGER_DEDUP_KEY) when set, or
+    a `dedup-key` file already in the data dir; otherwise derived from the signing key (HKDF-SHA256,
+    an info string of its own), so that a host with the key file and the database URL needs nothing
+    else. After a key rotation the derived secret changes: a repeat of an event recorded before it
+    is then recorded anew (set LEDGER_DEDUP_KEY to keep one secret across rotations)."""
+    if key_file is not None:
+        return ensure_dedup_secret(key_file)
+    legacy = data_dir / "dedup-key"
+    if legacy.exists():
+        return _read_secret(legacy)
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+    raw = load_signing_key(signing_key_path).private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=DEDUP_SECRET_BYTES, salt=None, info=b"ledger dedup key v1")
+    return hkdf.derive(raw)
