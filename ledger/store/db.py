@@ -140,8 +140,8 @@ class Database:
                     yield session
             return
         with Session(self._write_engine) as session, session.begin():
-            held = session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": PROJECTOR_LOCK_KEY}).scalar()
-            yield session if held else None
+            taken = session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": PROJECTOR_LOCK_KEY}).scalar()
+            yield session if taken else None
 
     @contextmanager
     def projector_lock(self) -> Iterator[bool]:
@@ -224,10 +224,15 @@ class Database:
             conn.exec_driver_sql(f"VACUUM {', '.join(sorted({*tables, *full}))}")
             conn.exec_driver_sql(f"SET lock_timeout = {int(self.SCRUB_LOCK_TIMEOUT_MS)}")
             for table in full:  # then a new file of the live rows: no freed space with old bytes
-                try:
-                    conn.exec_driver_sql(f"VACUUM (FULL) {table}")
-                except OperationalError:  # the lock was not granted in time
-                    log.warning("erasure: %s could not be rewritten (busy); vacuumed only", table)
+                for attempt in range(3):  # the lock not granted in time: a moment later, twice more
+                    try:
+                        conn.exec_driver_sql(f"VACUUM (FULL) {table}")
+                        break
+                    except OperationalError:
+                        if attempt == 2:
+                            log.warning("erasure: %s could not be rewritten (busy); vacuumed only", table)
+                        else:
+                            time.sleep(1.0)
             conn.exec_driver_sql("RESET lock_timeout")
 
     SCRUB_LOCK_TIMEOUT_MS = 5000
