@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import requests
 
@@ -34,6 +35,7 @@ class LogReport:
     root: bytes
     origin: str
     erased: int = 0
+    withheld: int = 0
     problems: list[str] = field(default_factory=list)
 
 
@@ -70,18 +72,21 @@ def iter_export(base: str, size: int, http: requests.Session, chunk: int = 100_0
         r.close()
 
 
-def check_line(expected_seq: int, line: bytes) -> tuple[bytes, bool]:
-    """Verifies one export line; returns (recomputed leaf hash, erased)."""
+def check_line(expected_seq: int, line: bytes) -> tuple[bytes, dict[str, Any], dict[str, Any] | None]:
+    """Verifies one export line; returns (recomputed leaf hash, header, absence) where `absence` is
+    None when the payload is there, else what the fifth field says: erased (with the seq of its
+    erasure entry) or withheld (with the reason). A payload absent otherwise fails."""
     try:
-        stored_leaf, header_bytes, salt_hex, payload_bytes = line.split(b"\t", 3)
+        stored_leaf, header_bytes, salt_hex, rest = line.split(b"\t", 3)
     except ValueError as e:
         raise EntryVerificationError(expected_seq, "export line is malformed") from e
     try:
         header = json.loads(header_bytes)
     except ValueError as e:
         raise EntryVerificationError(expected_seq, "header is not JSON") from e
-    if header.get("seq") != expected_seq:
-        raise EntryVerificationError(expected_seq, f"header says seq {header.get('seq')!r}: a gap or reordering")
+    if not isinstance(header, dict) or header.get("seq") != expected_seq:
+        seq = header.get("seq") if isinstance(header, dict) else None
+        raise EntryVerificationError(expected_seq, f"header says seq {seq!r}: a gap or reordering")
     if not TIME_RE.match(str(header.get("integrated_time"))):
         raise EntryVerificationError(expected_seq, "integrated_time is malformed")
     leaf = leaf_hash(header_bytes)
@@ -89,11 +94,60 @@ def check_line(expected_seq: int, line: bytes) -> tuple[bytes, bool]:
         raise EntryVerificationError(
             expected_seq, f"header does not hash to the stored leaf ({leaf.hex()} != {stored_leaf.decode()})"
         )
-    if salt_hex == b"-":
-        return leaf, True
-    if payload_digest(bytes.fromhex(salt_hex.decode()), payload_bytes) != header.get("payload_digest"):
-        raise EntryVerificationError(expected_seq, "payload does not match the header's payload_digest")
-    return leaf, False
+    if salt_hex != b"-":
+        if payload_digest(bytes.fromhex(salt_hex.decode()), rest) != header.get("payload_digest"):
+            raise EntryVerificationError(expected_seq, "payload does not match the header's payload_digest")
+        return leaf, header, None
+    _, _, why = rest.partition(b"\t")
+    try:
+        absence = json.loads(why) if why else None
+    except ValueError:
+        absence = None
+    if isinstance(absence, dict) and absence.get("erased") is True and type(absence.get("erasure_seq")) is int:
+        return leaf, header, {"erased": True, "erasure_seq": absence["erasure_seq"]}
+    if isinstance(absence, dict) and isinstance(absence.get("withheld"), str):
+        return leaf, header, {"withheld": absence["withheld"]}
+    raise EntryVerificationError(
+        expected_seq,
+        "the payload is absent, and no payload.erasure entry names it"
+        + (f" (the service says: {absence['missing']})" if isinstance(absence, dict) and "missing" in absence else "")
+        + ": deleted outside the service, or withheld without saying so",
+    )
+
+
+class _Erasures:
+    """Checks that each erased payload's erasure entry exists and names it (entries come in seq order)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, str] = {}  # seq of a payload.erasure entry -> its subject
+        self.claimed: dict[int, int] = {}  # erasure seq -> erased seq, not seen yet
+
+    def entry(self, seq: int, header: dict[str, Any]) -> None:
+        if header.get("kind") == "payload.erasure":
+            self.seen[seq] = str(header.get("subject"))
+            target = self.claimed.pop(seq, None)
+            if target is not None:
+                self._check(target, seq)
+
+    def erased(self, seq: int, erasure_seq: int) -> None:
+        if erasure_seq <= seq:
+            raise EntryVerificationError(seq, f"said erased by entry {erasure_seq}, which precedes it")
+        if erasure_seq in self.seen:
+            self._check(seq, erasure_seq)
+        elif self.claimed.setdefault(erasure_seq, seq) != seq:
+            raise EntryVerificationError(seq, f"entry {erasure_seq} is said to erase two entries")
+
+    def _check(self, seq: int, erasure_seq: int) -> None:
+        if self.seen.get(erasure_seq) != f"entry:{seq}":
+            raise EntryVerificationError(
+                seq, f"said erased by entry {erasure_seq}, which is not a payload.erasure entry naming it"
+            )
+
+    def finish(self) -> None:
+        for erasure_seq, seq in sorted(self.claimed.items()):
+            raise EntryVerificationError(
+                seq, f"said erased by entry {erasure_seq}, which is not a payload.erasure entry naming it"
+            )
 
 
 def verify_log(
@@ -110,6 +164,7 @@ def verify_log(
     cp = fetch_checkpoint(base, verifier, http)
     report = LogReport(size=cp.size, root=cp.root_hash, origin=cp.origin)
     compact = CompactRange()
+    erasures = _Erasures()
     step = 0
     for line in iter_export(base, cp.size, http):
         if not line:
@@ -117,8 +172,13 @@ def verify_log(
         seq = compact.size
         if seq >= cp.size:
             raise EntryVerificationError(seq, "export has more entries than the checkpoint")
-        leaf, erased = check_line(seq, line)
-        report.erased += erased
+        leaf, header, absence = check_line(seq, line)
+        erasures.entry(seq, header)
+        if absence is not None and "erasure_seq" in absence:
+            erasures.erased(seq, absence["erasure_seq"])
+            report.erased += 1
+        elif absence is not None:
+            report.withheld += 1
         compact.append(leaf)
         step += 1
         if progress is not None and step == 10_000:
@@ -128,6 +188,7 @@ def verify_log(
         progress(step)
     if compact.size != cp.size:
         raise EntryVerificationError(compact.size, f"export ended after {compact.size} of {cp.size} entries")
+    erasures.finish()
     if compact.root() != cp.root_hash:
         raise VerificationError(
             f"recomputed root {compact.root().hex()} differs from the signed checkpoint's {cp.root_hash.hex()} "
