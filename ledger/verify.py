@@ -8,16 +8,18 @@ that does not hold.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import requests
 
 from ledger.errors import VerificationError
+from ledger.tlog.cosignature import check_quorum
 from ledger.tlog.entry import TIME_RE, payload_digest
 from ledger.tlog.hashing import leaf_hash
 from ledger.tlog.note import Checkpoint, NoteVerifier
+from ledger.tlog.proofs import verify_inclusion
 from ledger.tlog.tree import CompactRange
 
 
@@ -37,6 +39,7 @@ class LogReport:
     erased: int = 0
     withheld: int = 0
     problems: list[str] = field(default_factory=list)
+    cosignatures: list[str] = field(default_factory=list)
 
 
 def _session(token: str | None) -> requests.Session:
@@ -156,13 +159,36 @@ def verify_log(
     *,
     token: str | None = None,
     progress: Callable[[int], None] | None = None,
+    since: Checkpoint | None = None,
+    witnesses: Sequence[str] = (),
+    quorum: int | None = None,
 ) -> LogReport:
-    """Verifies the log at `base` end to end; raises `VerificationError` on the first failure."""
+    """Verifies the log at `base` end to end; raises `VerificationError` on the first failure.
+
+    With `since` (a checkpoint kept from earlier), the log must extend it: the root recomputed at its
+    size must be its root. With `witnesses`, the checkpoint verified against is the largest one the
+    witnesses cosigned, and `quorum` (default: all) of their cosignatures must hold on it."""
     base = base.rstrip("/")
     verifier = NoteVerifier.parse(vkey)
     http = _session(token)
-    cp = fetch_checkpoint(base, verifier, http)
-    report = LogReport(size=cp.size, root=cp.root_hash, origin=cp.origin)
+    report = LogReport(size=0, root=b"", origin=verifier.name)
+    if witnesses:
+        r = http.get(f"{base}/api/v1/log/checkpoint/cosigned", timeout=30)
+        if r.status_code == 404:
+            raise VerificationError("the log serves no witness-cosigned checkpoint yet")
+        r.raise_for_status()
+        cp = Checkpoint.parse(verifier.verify(r.text))
+        report.cosignatures = check_quorum(r.text, witnesses, quorum)
+    else:
+        cp = fetch_checkpoint(base, verifier, http)
+    report.size, report.root, report.origin = cp.size, cp.root_hash, cp.origin
+    if since is not None and since.origin != cp.origin:
+        raise VerificationError(f"the kept checkpoint is of log {since.origin!r}, not {cp.origin!r}")
+    if since is not None and since.size > cp.size:
+        raise VerificationError(
+            f"the kept checkpoint has {since.size} entries, the log's {'cosigned ' if witnesses else ''}checkpoint "
+            f"only {cp.size}: the log shrank (or, with witnesses, they have not cosigned that far yet)"
+        )
     compact = CompactRange()
     erasures = _Erasures()
     step = 0
@@ -172,6 +198,8 @@ def verify_log(
         seq = compact.size
         if seq >= cp.size:
             raise EntryVerificationError(seq, "export has more entries than the checkpoint")
+        if since is not None and seq == since.size:
+            _check_since(compact, since)
         leaf, header, absence = check_line(seq, line)
         erasures.entry(seq, header)
         if absence is not None and "erasure_seq" in absence:
@@ -189,9 +217,57 @@ def verify_log(
     if compact.size != cp.size:
         raise EntryVerificationError(compact.size, f"export ended after {compact.size} of {cp.size} entries")
     erasures.finish()
+    if since is not None and since.size == compact.size:
+        _check_since(compact, since)
     if compact.root() != cp.root_hash:
         raise VerificationError(
             f"recomputed root {compact.root().hex()} differs from the signed checkpoint's {cp.root_hash.hex()} "
             f"(tree size {cp.size}): the stored tree was altered"
         )
     return report
+
+
+def _check_since(compact: CompactRange, since: Checkpoint) -> None:
+    if compact.root() != since.root_hash:
+        raise VerificationError(
+            f"the log is not consistent with the checkpoint kept from earlier: its root at size {since.size} is "
+            f"{compact.root().hex()}, the kept checkpoint's {since.root_hash.hex()} (history was rewritten)"
+        )
+
+
+def load_kept(text: str, vkey: str) -> Checkpoint:
+    """A checkpoint kept from earlier: a signed checkpoint note, or a receipt (JSON) holding one; the
+    log's signature must hold (and a receipt's inclusion proof)."""
+    verifier = NoteVerifier.parse(vkey)
+    if text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+        except ValueError as e:
+            raise VerificationError(f"not a checkpoint note nor a receipt: {e}") from e
+        verify_receipt(doc, vkey)
+        text = str(doc["checkpoint"])
+    return Checkpoint.parse(verifier.verify(text))
+
+
+def verify_receipt(doc: Any, vkey: str, *, witnesses: Sequence[str] = (), quorum: int | None = None) -> str:
+    """Verifies a receipt (DESIGN.md 3.3) offline: the checkpoint's signature by the log's key, the
+    inclusion proof of the leaf hash at seq in it, and, with `witnesses`, a quorum of cosignatures."""
+    if not isinstance(doc, dict) or not {"seq", "leaf_hash", "checkpoint", "inclusion_proof"} <= set(doc):
+        raise VerificationError("not a receipt: it needs seq, leaf_hash, checkpoint and inclusion_proof")
+    verifier = NoteVerifier.parse(vkey)
+    note = str(doc["checkpoint"])
+    cp = Checkpoint.parse(verifier.verify(note))
+    seq = doc["seq"]
+    if type(seq) is not int or seq < 0:
+        raise VerificationError("receipt seq is not a non-negative integer")
+    try:
+        leaf = bytes.fromhex(str(doc["leaf_hash"]))
+        proof = [bytes.fromhex(str(h)) for h in doc["inclusion_proof"]]
+    except (ValueError, TypeError) as e:
+        raise VerificationError(f"receipt leaf_hash or inclusion_proof is not hex: {e}") from e
+    verify_inclusion(seq, cp.size, leaf, proof, cp.root_hash)
+    held = check_quorum(note, witnesses, quorum) if witnesses else []
+    return (
+        f"entry {seq} (leaf {leaf.hex()[:16]}...) is in the log {cp.origin} of size {cp.size} signed by its key"
+        + (f"; {', '.join(held)}" if held else "")
+    )

@@ -167,16 +167,24 @@ class ProvenEntries:
 
 
 def prove_entries(ledger: Checkpoints, seqs: Sequence[int]) -> ProvenEntries:
-    """Reads `seqs` and proves each against the current tree, in one consistent read."""
+    """Reads `seqs` and proves each, in one consistent read, against the largest witness-cosigned
+    checkpoint that holds them all (its note carries the cosignatures), else against the current tree
+    (once proven consistent with the last stored checkpoint)."""
     wanted = sorted(set(seqs))
     signer = ledger.signer  # one signer for the note and the verifier key the bundle names
     with ledger.db.read() as session:
         ledger.require_current_key(session, signer.verifier.key_id.hex())
         size = tree_size(session)
         root = root_at(session, size)
+        ledger.require_consistent(session, size, root)
         missing = [s for s in wanted if s >= size]
         if missing:
             raise NotFoundError(f"entries {missing[:5]} are not in the log", seqs=missing[:20])
+        cosigned = ledger.latest_cosigned(session, covering=wanted[-1] + 1 if wanted else 0)
+        if cosigned is not None and root_at(session, cosigned.size) == cosigned.root:
+            size, root = cosigned.size, cosigned.root
+        else:
+            cosigned = None
         rows = session.execute(
             select(LogEntry, EntryPayload)
             .join(EntryPayload, EntryPayload.seq == LogEntry.seq, isouter=True)  # type: ignore[arg-type]
@@ -185,5 +193,5 @@ def prove_entries(ledger: Checkpoints, seqs: Sequence[int]) -> ProvenEntries:
         erasures = erasure_seqs(session, [e.seq for e, p in rows if p is None])
         entries = {e.seq: _stored(e, p, erasures) for e, p in rows}
         proofs = inclusion_proofs(session, wanted, size) if wanted else {}
-    note = ledger._sign_cached(signer, size, root)
+    note = cosigned.note if cosigned is not None else ledger._sign_cached(signer, size, root)
     return ProvenEntries(SignedCheckpoint(size=size, root=root, note=note), entries, proofs, signer.verifier.line())
