@@ -225,9 +225,10 @@ class Checkpoints:
         with self.db.write() as session:
             self.require_current_key(session, key_id)
             size = tree_size(session)
+            root = root_at(session, size)
+            self.require_consistent(session, size, root)
             if session.get(StoredCheckpoint, (size, key_id)) is not None:
                 return None
-            root = root_at(session, size)
             note = self.store_signed(session, signer, size, root)
         return SignedCheckpoint(size=size, root=root, note=note)
 
