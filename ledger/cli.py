@@ -365,11 +365,11 @@ def _verify_url(
     except LedgerError as e:
         click.echo(f"FAILED: {e.detail}", err=True)
         sys.exit(1)
+    except requests.RequestException as e:  # before OSError, which it derives from
+        click.echo(f"FAILED: cannot read the log: {describe_failure(e)}", err=True)
+        sys.exit(2)
     except OSError as e:
         click.echo(f"FAILED: cannot read {since}: {e}", err=True)
-        sys.exit(2)
-    except requests.RequestException as e:
-        click.echo(f"FAILED: cannot read the log: {describe_failure(e)}", err=True)
         sys.exit(2)
     dt = time.perf_counter() - t0
     rate = report.size / dt if dt > 0 else 0.0
