@@ -8,6 +8,7 @@ every item deleted, every payload nulled: `verify_bundle` rejects each mutant.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -232,3 +233,38 @@ def test_derive_report_needs_the_registration(bundle) -> None:  # type: ignore[n
         if e["header"]["kind"] != "model.version"
     ]
     assert derive_report(rows, "churn", "3", log_size=10**6) is None
+
+
+def test_a_bundle_carries_the_cosigned_checkpoint(client, tokens, runtime, bundle, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from spec_ref import verify_cosignature
+    from witnesses import start_witness
+
+    from ledger.jobs.witnesses import send_to_witnesses
+
+    vkey = runtime.ledger.signer.verifier.line()
+    ws = [start_witness(tmp_path / n, f"witness.test/{n}", vkey) for n in ("w1", "w2")]
+    try:
+        runtime.ledger.store_checkpoint()
+        assert all(
+            r.startswith("cosigned") for r in send_to_witnesses(runtime.ledger, [w.config() for w in ws]).values()
+        )
+        doc = client.get("/api/v1/provenance/models/churn/versions/3/bundle", headers=auth(tokens.auditor)).get_json()
+    finally:
+        for w in ws:
+            w.server.shutdown()
+    keys = [w.vkey for w in ws]
+    for k in keys:
+        verify_cosignature(doc["checkpoint"], k)  # by code written from the spec alone
+    assert "and 2 witness(es)" in verify_bundle(doc, vkey, witnesses=keys, quorum=2)
+    with pytest.raises(BundleError, match="0 of 1 required witness cosignatures"):
+        verify_bundle(bundle, vkey, witnesses=keys[:1])  # the same bundle fetched before: not cosigned
+    path = tmp_path / "bundle.json"
+    path.write_text(json.dumps(doc))
+    import subprocess
+    import sys
+
+    args = ["verify", str(path), "--key", vkey, "--witness", keys[0], "--witness", keys[1], "--quorum", "2"]
+    r = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert r.returncode == 0 and r.stdout.startswith("OK: bundle for churn@3"), r.stderr

@@ -14,16 +14,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 from conftest import REPO, auth, free_port, make_settings, shared_policy
 from rewrite import rewrite_payload
 from spec_ref import verify_cosignature, verify_note
-from werkzeug.serving import BaseWSGIServer, make_server
+from witnesses import RunningWitness, serve, start_witness
 
 from ledger.app import create_app
 from ledger.errors import VerificationError
@@ -32,37 +30,14 @@ from ledger.runtime import Runtime, build_runtime, initialise
 from ledger.store.ledger import Ledger
 from ledger.store.sequencer import PendingEntry
 from ledger.tlog.cosignature import check_quorum
-from ledger.tlog.note import NoteSigner, NoteVerifier
+from ledger.tlog.note import NoteSigner
 from ledger.verify import verify_log, verify_receipt
 from ledger.witness import Witness, WitnessState, create_witness_app, load_or_create_key
 
 
-@dataclass
-class RunningWitness:
-    url: str
-    vkey: str
-    witness: Witness
-    server: BaseWSGIServer
-
-    def trust(self, log_vkey: str) -> None:
-        v = NoteVerifier.parse(log_vkey)
-        self.witness.logs.setdefault(v.name, []).append(v)
-
-
-def _serve(app: Any) -> tuple[BaseWSGIServer, str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_port}"
-
-
 @pytest.fixture
 def witnesses(tmp_path: Path) -> Iterator[list[RunningWitness]]:
-    out = []
-    for name in ("witness.test/w1", "witness.test/w2"):
-        d = tmp_path / name.replace("/", "_")
-        w = Witness(load_or_create_key(d, name), [], WitnessState(d))
-        server, url = _serve(create_witness_app(w))
-        out.append(RunningWitness(url, w.signer.verifier.line(), w, server))
+    out = [start_witness(tmp_path / n, f"witness.test/{n}") for n in ("w1", "w2")]
     yield out
     for w in out:
         w.server.shutdown()
@@ -149,7 +124,7 @@ def test_the_command_line_verifies_with_witnesses(
     _append(ledger, 4)
     ledger.store_checkpoint()
     send_to_witnesses(ledger, _configs(log))
-    server, url = _serve(create_app(runtime=log))
+    server, url = serve(create_app(runtime=log))
     auditor = log.principals.create("audit", roles=["auditor"])[1]
     try:
         wkeys = [a for w in witnesses for a in ("--witness", w.vkey)]
@@ -213,7 +188,7 @@ def test_a_rewritten_history_is_refused_by_both_witnesses(
     # verify --witness fails on the forked checkpoint, served or kept.
     with pytest.raises(VerificationError, match="0 of 2 required witness cosignatures"):
         check_quorum(restarted.checkpoint().note, wkeys, None)
-    server, url = _serve(create_app(runtime=log))
+    server, url = serve(create_app(runtime=log))
     auditor = log.principals.create("audit", roles=["auditor"])[1]
     try:
         verify_log(url, vkey, token=auditor)  # without witnesses the fork verifies: it is self-consistent

@@ -58,6 +58,7 @@ class Checkpoints:
     _signer: NoteSigner | SignerSource
     _sign_cached: Callable[[NoteSigner, int, bytes], str]
     _consistent: set[tuple[int, str, int, bytes]]  # (stored size, its note, size, root) proven consistent
+    _append_base: tuple[int, str] | None  # the stored checkpoint the append leader's tree was proven against
 
     # --- checkpoints ---------------------------------------------------------------------------
 
@@ -71,7 +72,18 @@ class Checkpoints:
         return signer.sign_checkpoint(Checkpoint(signer.name, size, root))
 
     def _sign(self, size: int, root: bytes) -> str:
+        """Signs the tree an append group just committed. That group extended the tree `_open` proved
+        consistent with a stored checkpoint (`_append_base`), so the new tree is consistent with it
+        too: remembered, the next group's check costs one indexed read and no proof."""
+        base = self._append_base
+        if base is not None:
+            self._remember((*base, size, root))
         return self._sign_cached(self.signer, size, root)
+
+    def _remember(self, key: tuple[int, str, int, bytes]) -> None:
+        if len(self._consistent) > 1024:
+            self._consistent.clear()
+        self._consistent.add(key)
 
     def require_current_key(self, session: Session, key_id: str) -> None:
         """Refuses to sign with a key the log has retired, or with one it does not know while another
@@ -91,10 +103,13 @@ class Checkpoints:
             current=current,
         )
 
-    def require_consistent(self, session: Session, size: int, root: bytes) -> None:
+    def require_consistent(self, session: Session, size: int, root: bytes, *, appending: bool = False) -> None:
         """Proves the tree (size, root) consistent with the last checkpoint this log stored, from the
         stored tree (RFC 9162 consistency proof); raises SplitViewError if it is not. A verified pair
-        is remembered, so a repeated check costs one indexed read."""
+        is remembered, so a repeated check costs one indexed read. `appending`: called by the append
+        leader under the lock, for the tree its group extends (see `_sign`)."""
+        if appending:
+            self._append_base = None
         last = session.execute(
             select(col(StoredCheckpoint.size), col(StoredCheckpoint.note))
             .order_by(col(StoredCheckpoint.size).desc())
@@ -104,8 +119,9 @@ class Checkpoints:
             return
         m, note = int(last[0]), str(last[1])
         key = (m, note, size, root)
-        consistent = self._consistent
-        if key in consistent:
+        if key in self._consistent:
+            if appending:
+                self._append_base = (m, note)
             return
         try:
             _prove_consistent(session, m, Checkpoint.parse(split_note(note)[0]).root_hash, size, root)
@@ -125,9 +141,9 @@ class Checkpoints:
                 f"{m} it stored ({detail}); the stored history was altered",
                 retry_after=60,
             ) from e
-        if len(consistent) > 1024:
-            consistent.clear()
-        consistent.add(key)
+        self._remember(key)
+        if appending:
+            self._append_base = (m, note)
 
     def checkpoint(self) -> SignedCheckpoint:
         """A signed checkpoint of the current tree (with the cosignatures stored for it)."""
