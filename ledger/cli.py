@@ -296,10 +296,32 @@ def keys_list() -> None:
 @click.option("--url", help="verify the whole log of the service at URL")
 @click.option("--key", "vkey", required=True, help="verifier key line (name+id+key)")
 @click.option("--token", envvar="LEDGER_TOKEN", help="API token (or LEDGER_TOKEN)")
-def verify(bundle: Path | None, url: str | None, vkey: str, token: str | None) -> None:
-    """Verify the whole log at --url, or an audit BUNDLE offline."""
+@click.option(
+    "--since",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="with --url: a checkpoint or receipt kept from earlier; the log must be consistent with it",
+)
+@click.option("--witness", "witnesses", multiple=True, help="a witness's cosignature/v1 verifier key (repeatable)")
+@click.option("--quorum", type=click.IntRange(min=1), help="cosignatures required (default: every --witness)")
+@click.option("--allow-withheld", is_flag=True, help="accept a bundle whose withheld payloads leave facts unproven")
+def verify(  # noqa: PLR0917 (click passes every option as an argument)
+    bundle: Path | None,
+    url: str | None,
+    vkey: str,
+    token: str | None,
+    since: Path | None,
+    witnesses: tuple[str, ...],
+    quorum: int | None,
+    allow_withheld: bool,
+) -> None:
+    """Verify the whole log at --url, or an audit BUNDLE or a RECEIPT offline."""
     if (bundle is None) == (url is None):
-        raise click.UsageError("give either --url URL or a BUNDLE file")
+        raise click.UsageError("give either --url URL or a BUNDLE (or receipt) file")
+    if since is not None and url is None:
+        raise click.UsageError("--since goes with --url")
+    if quorum is not None and not witnesses:
+        raise click.UsageError("--quorum needs --witness keys")
+    from ledger.tlog.cosignature import WitnessVerifier
     from ledger.tlog.note import NoteVerifier
 
     try:
@@ -307,56 +329,130 @@ def verify(bundle: Path | None, url: str | None, vkey: str, token: str | None) -
     except LedgerError as e:
         click.echo(f"FAILED: --key: {e.detail}", err=True)
         sys.exit(2)
+    for w in witnesses:
+        try:
+            WitnessVerifier.parse(w)
+        except LedgerError as e:
+            click.echo(f"FAILED: --witness: {e.detail}", err=True)
+            sys.exit(2)
     if url is not None:
-        _verify_url(url, vkey, token)
+        _verify_url(url, vkey, token, since=since, witnesses=witnesses, quorum=quorum)
     else:
         assert bundle is not None
-        _verify_bundle(bundle, vkey)
+        _verify_file(bundle, vkey, witnesses=witnesses, quorum=quorum, allow_withheld=allow_withheld)
 
 
-def _verify_url(url: str, vkey: str, token: str | None) -> None:
+def _verify_url(
+    url: str, vkey: str, token: str | None, *, since: Path | None, witnesses: tuple[str, ...], quorum: int | None
+) -> None:
     import time
 
     import requests
 
-    from ledger.verify import fetch_checkpoint, verify_log
+    from ledger.verify import fetch_checkpoint, load_kept, verify_log
 
     t0 = time.perf_counter()
     try:
         from ledger.tlog.note import NoteVerifier
 
+        kept = load_kept(since.read_text(), vkey) if since is not None else None
         size = fetch_checkpoint(url.rstrip("/"), NoteVerifier.parse(vkey), requests.Session()).size
         shown = sys.stderr.isatty()  # a log file gets the result line, not a bar
         with click.progressbar(length=size, label="verifying entries", file=sys.stderr, hidden=not shown) as bar:
-            report = verify_log(url, vkey, token=token, progress=bar.update)
+            report = verify_log(
+                url, vkey, token=token, progress=bar.update, since=kept, witnesses=witnesses, quorum=quorum
+            )
     except LedgerError as e:
         click.echo(f"FAILED: {e.detail}", err=True)
         sys.exit(1)
-    except requests.RequestException as e:
+    except requests.RequestException as e:  # before OSError, which it derives from
         click.echo(f"FAILED: cannot read the log: {describe_failure(e)}", err=True)
+        sys.exit(2)
+    except OSError as e:
+        click.echo(f"FAILED: cannot read {since}: {e}", err=True)
         sys.exit(2)
     dt = time.perf_counter() - t0
     rate = report.size / dt if dt > 0 else 0.0
     click.echo(
         f"OK: {report.size} entries verified against a checkpoint signed by {report.origin} "
-        f"(root {report.root.hex()}; {report.erased} payloads not served: erased, or withheld from this token) "
+        f"(root {report.root.hex()}; {report.erased} erased, {report.withheld} withheld from this token) "
         f"in {dt:.2f} s, {rate:,.0f} entries/s"
+        + (f"; consistent with the kept checkpoint of size {kept.size}" if kept is not None else "")
+        + (f"; {', '.join(report.cosignatures)}" if report.cosignatures else "")
     )
 
 
-def _verify_bundle(path: Path, vkey: str) -> None:
-    from ledger.governance.bundle import verify_bundle
+def _verify_file(
+    path: Path, vkey: str, *, witnesses: tuple[str, ...], quorum: int | None, allow_withheld: bool
+) -> None:
+    from ledger.governance.bundle import check_bundle
+    from ledger.verify import verify_receipt
 
     try:
         doc: Any = json.loads(path.read_text())
-        summary = verify_bundle(doc, vkey)
+        if isinstance(doc, dict) and "format" not in doc and "inclusion_proof" in doc:
+            click.echo(f"OK: {verify_receipt(doc, vkey, witnesses=witnesses, quorum=quorum)}")
+            return
+        result = check_bundle(doc, vkey, witnesses=witnesses, quorum=quorum)
     except (OSError, ValueError) as e:
-        click.echo(f"FAILED: cannot read bundle {path}: {e}", err=True)
+        click.echo(f"FAILED: cannot read {path}: {e}", err=True)
         sys.exit(2)
     except LedgerError as e:
         click.echo(f"FAILED: {e.detail}", err=True)
         sys.exit(1)
-    click.echo(f"OK: {summary}")
+    if result.unproven:
+        click.echo(
+            f"{'WARNING' if allow_withheld else 'FAILED'}: payloads of entries {sorted(result.withheld)} are withheld "
+            f"from this bundle, so these report facts are unproven: {', '.join(result.unproven)}",
+            err=True,
+        )
+        if not allow_withheld:
+            click.echo("(--allow-withheld accepts the bundle with them unproven)", err=True)
+            sys.exit(1)
+    click.echo(f"OK: {result.summary}")
+
+
+@main.group()
+def witness() -> None:
+    """Run an independent witness (C2SP tlog-witness) for ledger logs."""
+
+
+@witness.command("serve")
+@click.option(
+    "--dir", "directory", required=True, type=click.Path(file_okay=False, path_type=Path), help="its key and state"
+)
+@click.option("--name", required=True, help="the witness's key name, e.g. witness.example/w1")
+@click.option("--log", "logs", multiple=True, required=True, help="a log verifier key to witness (repeatable)")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8090, show_default=True, type=int)
+def witness_serve(directory: Path, name: str, logs: tuple[str, ...], host: str, port: int) -> None:
+    """Serve POST /add-checkpoint; prints the witness's verifier key first."""
+    import logging
+
+    from werkzeug.serving import make_server
+
+    from ledger.witness import Witness, WitnessState, create_witness_app, load_or_create_key
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [witness] %(levelname)s %(message)s")
+    try:
+        w = Witness(load_or_create_key(directory, name), logs, WitnessState(directory))
+    except (LedgerError, ValueError) as e:
+        raise click.ClickException(e.detail if isinstance(e, LedgerError) else str(e)) from e
+    server = make_server(host, port, create_witness_app(w), threaded=True)
+    click.echo(f"witness key: {w.signer.verifier.line()}", err=True)
+    click.echo(f"witness {name} on http://{host}:{server.server_port}", err=True)
+    sys.stderr.flush()
+    server.serve_forever()
+
+
+@witness.command("key")
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", required=True, help="the witness's key name")
+def witness_key(directory: Path, name: str) -> None:
+    """Print the witness's cosignature/v1 verifier key (creating its key on first use)."""
+    from ledger.witness import load_or_create_key
+
+    click.echo(load_or_create_key(directory, name).verifier.line())
 
 
 @main.command()

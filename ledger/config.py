@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
 
-from ledger.errors import ConfigurationError
+from ledger.errors import ConfigurationError, LedgerError
 from ledger.lineage.events import DEFAULT_EVENT_TIME_WINDOW, EventTimeWindow
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -37,6 +37,25 @@ def _purposes(raw: str | None) -> dict[str, list[str]]:
     ):
         raise ConfigurationError('LEDGER_ACCESS_PURPOSES must map tags to lists of purposes: {"pii": ["..."]}')
     return value
+
+
+def _witnesses(raw: str | None) -> tuple[tuple[str, str], ...]:
+    """LEDGER_WITNESSES: comma-separated `<http(s) url> <witness verifier key>` pairs."""
+    from ledger.tlog.cosignature import WitnessVerifier
+
+    out = []
+    for item in (raw or "").split(","):
+        if not item.strip():
+            continue
+        parts = item.split()
+        if len(parts) != 2 or not parts[0].startswith(("http://", "https://")):
+            raise ConfigurationError(f"LEDGER_WITNESSES: {item.strip()!r} is not `<http(s) url> <witness key>`")
+        try:
+            WitnessVerifier.parse(parts[1])
+        except LedgerError as e:
+            raise ConfigurationError(f"LEDGER_WITNESSES: {e.detail}") from e
+        out.append((parts[0].rstrip("/"), parts[1]))
+    return tuple(out)
 
 
 def default_policy_dir() -> Path:
@@ -117,6 +136,8 @@ class Settings:
     max_requests_per_client: int = 32
     # Purposes for which data carrying each sensitive tag may be read (policies/access.rego).
     allowed_purposes: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_PURPOSES))
+    # Witnesses the checkpoint job sends checkpoints to (LEDGER_WITNESSES): (url, witness vkey) pairs.
+    witnesses: tuple[tuple[str, str], ...] = ()
 
     @staticmethod
     def from_env(env: dict[str, str] | None = None) -> Settings:
@@ -152,6 +173,7 @@ class Settings:
             body_timeout_seconds=_float_env(e, "LEDGER_BODY_TIMEOUT_SECONDS", 30.0, 0.1),
             max_requests_per_client=_int_env(e, "LEDGER_MAX_REQUESTS_PER_CLIENT", 32, 0),
             allowed_purposes=_purposes(e.get("LEDGER_ACCESS_PURPOSES")),
+            witnesses=_witnesses(e.get("LEDGER_WITNESSES")),
         )
 
     def __post_init__(self) -> None:

@@ -37,7 +37,11 @@ from openlineage.client.facet_v2 import (
 )
 from openlineage.client.transport.http import ApiKeyTokenProvider, HttpCompression, HttpConfig, HttpTransport
 
+from ledger.errors import VerificationError
 from ledger.governance.bundle import verify_bundle
+from ledger.tlog.note import Checkpoint, NoteVerifier
+from ledger.tlog.proofs import verify_consistency
+from ledger.verify import load_kept
 
 PRODUCER = "https://github.com/example/ledger-demo"
 GIT = "https://git.example/ml/churn"
@@ -243,6 +247,37 @@ class Demo:
         self.say(f"   ledger verify {path} --key '{vkey}'")
         for name, verdict in bundle["report"]["verdicts"].items():
             self.say(f"   {name}: {'ok' if verdict['ok'] else 'missing ' + '; '.join(verdict['missing'])}")
+        return self._check_kept_checkpoint(vkey)
+
+    def _check_kept_checkpoint(self, vkey: str) -> int:
+        """The log must extend the checkpoint this demo kept on its last run (no split view, no
+        rewritten history); then the current one is kept for the next run."""
+        self.say("10. check the log against the checkpoint kept by the last run")
+        kept_path = self.out / "last-checkpoint.txt"
+        note = requests.get(self.url + "/api/v1/log/checkpoint", timeout=30)
+        note.raise_for_status()
+        current = Checkpoint.parse(NoteVerifier.parse(vkey).verify(note.text))
+        if kept_path.exists():
+            try:
+                kept = load_kept(kept_path.read_text(), vkey)
+                r = self.call(
+                    "GET", f"/api/v1/log/proof/consistency?first={kept.size}&second={current.size}", "auditor"
+                )
+                if r.status_code == 400:  # first > second: the log has fewer entries than the kept checkpoint
+                    self.say(f"   FAILED: the log has {current.size} entries, fewer than the {kept.size} kept")
+                    return 1
+                r.raise_for_status()
+                proof = [bytes.fromhex(h) for h in r.json()["hashes"]]
+                verify_consistency(kept.size, current.size, kept.root_hash, current.root_hash, proof)
+            except VerificationError as e:
+                self.say(f"   FAILED: the log is not consistent with the checkpoint kept in {kept_path}: {e.detail}")
+                return 1
+            self.say(f"   consistent with the checkpoint of size {kept.size} kept in {kept_path}")
+        else:
+            self.say(f"   no checkpoint kept yet: {kept_path} will hold this one for the next run")
+        tmp = kept_path.with_suffix(".tmp")
+        tmp.write_text(note.text)
+        tmp.replace(kept_path)
         return 0
 
     def _validation(self, base: str, kind: str, metrics: dict[str, float], thresholds: dict[str, Any]) -> None:

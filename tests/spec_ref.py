@@ -147,6 +147,39 @@ def verify_note(note: str, vkey: str) -> str:
     raise ValueError("no signature by this key")
 
 
+def verify_cosignature(note: str, witness_vkey: str) -> int:
+    """C2SP tlog-cosignature, Ed25519 cosignature/v1: the timestamp of the valid cosignature by this
+    witness on `note`; raises otherwise. vkey = <name>+<hex id>+<base64(0x04 || public key)>, key id =
+    SHA-256(name || 0x0A || 0x04 || public key)[:4]; signature = u64 timestamp || Ed25519 over
+    "cosignature/v1\ntime <timestamp>\n" || note body."""
+    name, hex_id, b64 = witness_vkey.strip().split("+", 2)
+    raw = base64.b64decode(b64, validate=True)
+    if len(raw) != 33 or raw[0] != 0x04:
+        raise ValueError("not a cosignature/v1 key")
+    key_id = bytes.fromhex(hex_id)
+    if _h(name.encode() + b"\n" + b"\x04" + raw[1:])[:4] != key_id:
+        raise ValueError("witness key id does not match its name and key")
+    text, sep, sigs = note.rpartition("\n\n")
+    if not sep:
+        raise ValueError("a note needs a blank line before its signatures")
+    text += "\n"
+    for line in sigs.splitlines():
+        who, _, sig_b64 = line[2:].rpartition(" ")
+        blob = base64.b64decode(sig_b64, validate=True)
+        if who != name or blob[:4] != key_id:
+            continue
+        if len(blob) != 4 + 8 + 64:
+            raise ValueError("a cosignature/v1 is 76 bytes")
+        timestamp = int.from_bytes(blob[4:12], "big")
+        message = f"cosignature/v1\ntime {timestamp}\n{text}".encode()
+        try:
+            Ed25519PublicKey.from_public_bytes(raw[1:]).verify(blob[12:], message)
+        except InvalidSignature as e:
+            raise ValueError("the cosignature does not verify") from e
+        return timestamp
+    raise ValueError("no cosignature by this witness")
+
+
 def parse_checkpoint(text: str) -> tuple[str, int, bytes]:
     """C2SP tlog-checkpoint: origin, decimal size, base64 root hash (extension lines ignored)."""
     origin, size, root = text.split("\n")[:3]

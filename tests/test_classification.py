@@ -7,11 +7,12 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 from conftest import auth
 from events import dataset_event, run_event
 from pipeline import registration, validation
 
-from ledger.governance.bundle import verify_bundle
+from ledger.governance.bundle import WithheldError, verify_bundle
 from ledger.security.classification import propagate
 
 BASE = "/api/v1/models/churn/versions"
@@ -52,7 +53,11 @@ def test_tags_propagate_and_stop_at_declassification(client, tokens, runtime, pi
     assert cls[("s3://raw", "customers")]["entries"] == [r.get_json()["receipt"]["seq"]]
     assert r.get_json()["receipt"]["seq"] in report["entries"]
     bundle = client.get("/api/v1/provenance/models/churn/versions/3/bundle", headers=auth(tokens.auditor)).get_json()
-    verify_bundle(bundle, runtime.ledger.signer.verifier.line())
+    # The auditor is not cleared for pii: the lineage payloads are withheld, and what rests on them
+    # is unproven; verify says so and fails unless told to accept it.
+    with pytest.raises(WithheldError, match=r"unproven: .*upstream"):
+        verify_bundle(bundle, runtime.ledger.signer.verifier.line())
+    verify_bundle(bundle, runtime.ledger.signer.verifier.line(), allow_withheld=True)
 
     # A security principal declassifies the feature job's output: pii stops there.
     assert _classify(client, tokens.security, "s3://features", "churn", ["pii"], declassify=True).status_code == 201
@@ -176,7 +181,9 @@ def test_log_payloads_follow_scope_and_clearance(client, tokens, runtime, pipeli
     # Bundles: withheld entries still prove their headers; the bundle verifies offline.
     bundle = client.get("/api/v1/provenance/models/churn/versions/3/bundle", headers=auth(uncleared)).get_json()
     assert any(e.get("withheld") for e in bundle["entries"])
-    verify_bundle(bundle, runtime.ledger.signer.verifier.line())
+    with pytest.raises(WithheldError):
+        verify_bundle(bundle, runtime.ledger.signer.verifier.line())
+    verify_bundle(bundle, runtime.ledger.signer.verifier.line(), allow_withheld=True)
     full_bundle = client.get("/api/v1/provenance/models/churn/versions/3/bundle", headers=auth(cleared)).get_json()
     assert not any(e.get("withheld") for e in full_bundle["entries"])
 

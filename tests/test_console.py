@@ -433,8 +433,12 @@ def test_console_pages_in_chromium(
     assert "GDPR request 7" in row and f"#{story.raw_seq}" in row and f"#{erasure_seq}" in row
     c.open(f"/console/entries/{story.raw_seq}")
     assert "The payload was erased" in c.page.inner_text("#payload")
-    c.page.click("#payload a")  # to the erasure entry, through the log
-    c.page.wait_for_selector(f"section[aria-label=Entries] a[href='/console/entries/{erasure_seq}']")
+    assert c.page.get_attribute("#payload a", "href") == f"/console/entries/{erasure_seq}"  # the API names it
+    c.page.click("#payload a")  # to the erasure entry itself
+    c.page.wait_for_function(
+        f"() => (document.getElementById('main').getAttribute('data-ready') || '') === '/console/entries/{erasure_seq}'"
+    )
+    assert f"Entry {erasure_seq}" in c.page.inner_text("h1") and "payload.erasure" in c.text()
     c.open(f"/console/entries/{story.raw_seq}")
     steps = c.verify(story.vkey)
     assert steps == {"leaf": "passed", "payload": "not applicable", "inclusion": "passed", "signature": "passed"}

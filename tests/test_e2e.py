@@ -179,7 +179,7 @@ def test_verify_then_tamper(server: Server, database_url: str) -> None:
     ok = server.ledger("verify", "--url", server.url, "--key", vkey, "--token", auditor, check=False)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith("OK: 127 entries verified")  # policy.bundle + 120 + 5 + the erasure
-    assert "1 payloads not served" in ok.stdout
+    assert "1 erased, 0 withheld" in ok.stdout
 
     # A wrong key is refused.
     other = server.ledger(
@@ -193,6 +193,12 @@ def test_verify_then_tamper(server: Server, database_url: str) -> None:
         check=False,
     )
     assert other.returncode != 0
+
+    # A payload deleted behind the service's back (no payload.erasure entry): verify fails on it.
+    _tamper(database_url, "DELETE FROM entry_payloads WHERE seq = 30", "entry_payloads")
+    bad = server.ledger("verify", "--url", server.url, "--key", vkey, "--token", auditor, check=False)
+    assert bad.returncode == 1, bad.stdout
+    assert "entry 30: the payload is absent, and no payload.erasure entry names it" in bad.stderr
 
     # Alter one payload: verify names that entry.
     _tamper(

@@ -35,7 +35,8 @@ def test_erasure_keeps_every_proof(client, tokens, runtime) -> None:
     assert erasure.payload == {"seq": seq, "reason": "GDPR art. 17 request #42"}
 
     after = client.get(f"/api/v1/log/entries/{seq}", headers=auth(tokens.auditor)).get_json()
-    assert after == {**before, "payload": None, "salt": None, "erased": True}
+    erasure_seq = r.get_json()["receipt"]["seq"]
+    assert after == {**before, "payload": None, "salt": None, "erased": True, "erasure_seq": erasure_seq}
     # The header still hashes to the leaf, and the leaf is still in the signed tree.
     note = client.get("/api/v1/log/checkpoint").get_data(as_text=True)
     _, size, root = spec_ref.parse_checkpoint(spec_ref.verify_note(note, runtime.ledger.signer.verifier.line()))

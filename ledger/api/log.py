@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Response, current_app, jsonify, stream_with_context
+from flask import Response, current_app, jsonify, stream_with_context, url_for
 from flask_smorest import Blueprint
 
 from ledger.api.auth import current_principal, requires
@@ -17,11 +17,12 @@ from ledger.api.schemas import (
     InclusionProofSchema,
     KeysSchema,
     ProblemSchema,
+    ReceiptSchema,
 )
-from ledger.errors import InvalidRequestError
+from ledger.errors import InvalidRequestError, NotFoundError
 from ledger.security.visibility import PayloadGate, withhold_for
 from ledger.store.export import export_lines
-from ledger.store.ledger import Ledger
+from ledger.store.ledger import Ledger, prove_entries
 from ledger.tlog.entry import KINDS
 
 blp = Blueprint("log", __name__, url_prefix="/api/v1/log", description="The signed log and its proofs")
@@ -43,6 +44,26 @@ def _ledger() -> Ledger:
 def checkpoint() -> Response:
     """The current signed checkpoint (C2SP signed note; public)."""
     cp = _ledger().checkpoint()
+    return Response(cp.note, mimetype="text/plain", headers={"Cache-Control": "no-store"})
+
+
+@blp.route("/checkpoint/cosigned", methods=["GET"])
+@blp.doc(
+    responses={
+        "200": {
+            "description": "signed note with cosignatures",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        "404": {"description": "no checkpoint has been cosigned yet"},
+    }
+)
+def cosigned_checkpoint() -> Response:
+    """The largest stored checkpoint that witnesses cosigned, with every cosignature (public)."""
+    ledger = _ledger()
+    with ledger.db.read() as session:
+        cp = ledger.latest_cosigned(session)
+    if cp is None:
+        raise NotFoundError("no checkpoint of this log has been cosigned by a witness yet")
     return Response(cp.note, mimetype="text/plain", headers={"Cache-Control": "no-store"})
 
 
@@ -70,6 +91,35 @@ def keys() -> dict[str, object]:
 def entry(seq: str) -> Response:
     """One entry: header, payload and salt (null once erased), leaf hash."""
     return jsonify(_visible([_ledger().entry(int_value("seq", seq, what="path parameter")).to_json()])[0])
+
+
+@blp.route(
+    "/entries/<seq>/receipt",
+    methods=["GET"],
+    endpoint="receipt",
+    parameters=[{"in": "path", "name": "seq", "schema": {"type": "integer", "minimum": 0}}],
+)
+@blp.doc(security=[{"bearer": []}])
+@blp.alt_response(200, schema=ReceiptSchema, description="the entry's receipt")
+@blp.alt_response(400, schema=ProblemSchema, description="seq is not a non-negative integer")
+@blp.alt_response(404, schema=ProblemSchema, description="no such entry")
+@requires()
+def receipt(seq: str) -> Response:
+    """A receipt for entry `seq` (DESIGN.md 3.3) against the largest witness-cosigned checkpoint that
+    holds it (cosignatures in its note), else the current one; `ledger verify RECEIPT` checks it."""
+    n = int_value("seq", seq, what="path parameter")
+    proven = prove_entries(_ledger(), [n])
+    e = proven.entries[n]
+    return jsonify(
+        {
+            "seq": n,
+            "leaf_hash": e.leaf_hash.hex(),
+            "integrated_time": e.header.integrated_time,
+            "entry_url": url_for("log.entry", seq=n, _external=True),
+            "checkpoint": proven.checkpoint.note,
+            "inclusion_proof": [h.hex() for h in proven.proofs[n]],
+        }
+    )
 
 
 @blp.route("/entries", methods=["GET"])

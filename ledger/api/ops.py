@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -70,6 +71,16 @@ def readyz() -> tuple[Response, int]:
     return jsonify({"status": "ready", "projection_lag": lag}), 200
 
 
+WITNESS_COSIGNED = Gauge(
+    "ledger_witness_cosigned_size", "The largest checkpoint size each witness (LEDGER_WITNESSES) cosigned", ["witness"]
+)
+WITNESS_BEHIND = Gauge(
+    "ledger_witness_behind_entries",
+    "Entries the largest stored checkpoint holds beyond the last one each witness cosigned",
+    ["witness"],
+)
+
+
 @bp.get("/metrics")
 def metrics() -> Response:
     rt = current_app.extensions["ledger.runtime"]
@@ -80,4 +91,21 @@ def metrics() -> Response:
         CHECKPOINT_AGE.set(age if age is not None else float("nan"))
     except Exception:  # noqa: S110  (the other metrics are still worth serving)
         pass
+    with contextlib.suppress(Exception):  # as above
+        _witness_metrics(rt)
     return Response(generate_latest(), content_type=CONTENT_TYPE_LATEST)  # it names its charset already
+
+
+def _witness_metrics(rt: Any) -> None:
+    from ledger.tlog.cosignature import WitnessVerifier
+
+    if not rt.settings.witnesses:
+        return
+    latest = rt.ledger.latest_stored()
+    size = latest[0] if latest else 0
+    held = rt.ledger.cosigned_sizes()
+    for _, vkey in rt.settings.witnesses:
+        w = WitnessVerifier.parse(vkey)
+        cosigned = held.get(w.key_id.hex(), 0)
+        WITNESS_COSIGNED.labels(w.name).set(cosigned)
+        WITNESS_BEHIND.labels(w.name).set(max(0, size - cosigned))

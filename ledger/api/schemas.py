@@ -58,6 +58,8 @@ class EntrySchema(Schema):
     salt = fields.String(allow_none=True, required=True)
     leaf_hash = fields.String(required=True)
     erased = fields.Boolean(required=True)
+    erasure_seq = fields.Integer(metadata={"description": "when erased: the seq of its payload.erasure entry"})
+    missing = fields.String(metadata={"description": "the payload is absent and no payload.erasure entry names it"})
     withheld = fields.String(metadata={"description": "why the payload is not served to this principal"})
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from sqlmodel import Session
 
 from ledger.errors import ConflictError, NotFoundError, PermissionDeniedError, PolicyDeniedError, UnprocessableError
+from ledger.governance.audit import derive_report
 from ledger.governance.models import ModelVersion, PromotionDecision
 from ledger.governance.projection import find_version, require_version
 from ledger.governance.provenance import input_subjects, promotion_input, provenance_report
@@ -330,8 +331,18 @@ class GovernanceService:
             return report
 
     def bundle(self, name: str, version: str, viewer: AuthenticatedPrincipal) -> dict[str, Any]:
-        report = self.report(name, version, viewer)
-        proven = prove_entries(self.ledger, report["entries"])
+        """The report the cited entries prove (`derive_report`, the function `ledger verify`
+        recomputes it with), scoped to `viewer` as `report` is, those entries with inclusion proofs,
+        and the checkpoint they hold in."""
+        cited = self.report(name, version, viewer)["entries"]
+        proven = prove_entries(self.ledger, cited)
+        rows = [(e.header, e.leaf_hash, e.salt, e.payload) for e in proven.entries.values()]
+        report = derive_report(rows, name, version, log_size=proven.checkpoint.size)
+        if report is None:  # the registration's payload was erased: nothing to report on
+            raise NotFoundError(f"model {name!r} version {version!r} has no registration left to prove")
+        if viewer.reads_scoped:
+            with self.ledger.db.read() as session:
+                _scope_upstream(session, report, viewer)
         return {
             "format": "ledger-bundle/v1",
             "verifier_key": proven.verifier_key,

@@ -7,6 +7,7 @@ import sys
 
 from ledger.config import Settings
 from ledger.jobs.checkpoints import run_forever
+from ledger.jobs.witnesses import WitnessConfig
 from ledger.lifeline import die_with_serve_master
 from ledger.logs import configure_logging
 from ledger.security.keys import KeyFile
@@ -24,7 +25,7 @@ def main() -> None:
     # Only the log: the scheduler process imports no web framework, policy engine or projections.
     signer = KeyFile(settings.signing_key_path, settings.origin)  # follows `ledger keys rotate`
     ledger = Ledger(db=Database(settings.database_url, pool_size=1), signer=signer)
-    run_forever(ledger, interval=settings.checkpoint_interval)
+    run_forever(ledger, interval=settings.checkpoint_interval, witnesses=WitnessConfig.of(settings.witnesses))
 
 
 if __name__ == "__main__":

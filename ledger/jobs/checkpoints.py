@@ -9,14 +9,16 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import requests
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from sqlmodel import Session
 
+from ledger.jobs.witnesses import WitnessConfig, send_to_witnesses
 from ledger.store.db import Database
 from ledger.store.health import CHECKPOINT_JOB
 from ledger.store.ledger import Ledger
@@ -78,8 +80,14 @@ def retry_delay(interval: float) -> float:
 
 
 def checkpoint_job(
-    ledger: Ledger, interval: float, *, sleep: Callable[[float], None] = time.sleep
+    ledger: Ledger,
+    interval: float,
+    witnesses: Sequence[WitnessConfig] = (),
+    *,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Callable[[], None]:
+    sessions: dict[str, requests.Session] = {}
+
     def attempt() -> bool:
         """One try; True when the run is over (stored, nothing to store, or not this host's turn)."""
         with ledger.db.read() as session:  # a host with a retired key leaves the lease to the others
@@ -105,20 +113,26 @@ def checkpoint_job(
         while True:
             try:
                 if attempt():
-                    return
+                    break
             except Exception as e:  # a failed run must not kill the scheduler
                 if time.monotonic() + delay > give_up:
                     log.exception("checkpoint job failed; the next run tries again")
                     return
                 log.warning("checkpoint job failed (%s); trying again in %.1f s", " ".join(str(e).split())[:300], delay)
             sleep(delay)
+        try:  # outside every transaction and lock; each witness bounded (ledger.jobs.witnesses)
+            send_to_witnesses(ledger, witnesses, sessions)
+        except Exception:
+            log.exception("sending the checkpoint to witnesses failed")
 
     return run
 
 
-def schedule(scheduler: BaseScheduler, ledger: Ledger, *, interval: float) -> None:
+def schedule(
+    scheduler: BaseScheduler, ledger: Ledger, *, interval: float, witnesses: Sequence[WitnessConfig] = ()
+) -> None:
     scheduler.add_job(
-        checkpoint_job(ledger, interval),
+        checkpoint_job(ledger, interval, witnesses),
         "interval",
         seconds=interval,
         id=CHECKPOINT_JOB,
@@ -128,8 +142,8 @@ def schedule(scheduler: BaseScheduler, ledger: Ledger, *, interval: float) -> No
     )
 
 
-def run_forever(ledger: Ledger, *, interval: float) -> None:
+def run_forever(ledger: Ledger, *, interval: float, witnesses: Sequence[WitnessConfig] = ()) -> None:
     """The scheduler process's main loop (`python -m ledger.jobs`)."""
     scheduler = BlockingScheduler(timezone="UTC")
-    schedule(scheduler, ledger, interval=interval)
+    schedule(scheduler, ledger, interval=interval, witnesses=witnesses)
     scheduler.start()

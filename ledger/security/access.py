@@ -231,21 +231,37 @@ def intake_violations(
 
 
 def open_violations(session: Session) -> list[dict[str, Any]]:
-    """Intake violations without a resolution, from the log (there are few; read them directly)."""
+    """Intake violations without a resolution, from the log (there are few; read them directly).
+
+    A violation closes only through a recorded resolution: one whose payload is gone (erased, or
+    deleted behind the service's back) stays open, known by its header alone (a denied decision
+    the system recorded about the dataset), until a security principal resolves it."""
     import json
 
     from ledger.store.models import EntryPayload
 
     q = (
-        select(LogEntry.seq, LogEntry.subject, LogEntry.integrated_time, EntryPayload.payload)
+        select(LogEntry.seq, LogEntry.subject, LogEntry.principal, LogEntry.integrated_time, EntryPayload.payload)
         .join(EntryPayload, col(EntryPayload.seq) == col(LogEntry.seq), isouter=True)
         .where(col(LogEntry.kind) == "access.decision")
         .order_by(col(LogEntry.seq))
     )
     found: dict[int, dict[str, Any]] = {}
     resolved: set[int] = set()
-    for seq, subject, when, raw in session.execute(q):
-        p = json.loads(raw) if raw else {}
+    for seq, subject, principal, when, raw in session.execute(q):
+        if raw is None:
+            if principal == SYSTEM_PRINCIPAL:  # only the violation screen records decisions as the system
+                found[seq] = {
+                    "seq": seq,
+                    "dataset": subject.removeprefix("dataset:"),
+                    "run_id": None,
+                    "job": None,
+                    "principal": None,
+                    "reasons": ["the violation's payload is gone (erased); it stays open until resolved"],
+                    "recorded_at": when,
+                }
+            continue
+        p = json.loads(raw)
         if p.get("origin") == "intake" and not p.get("allowed"):
             found[seq] = {
                 "seq": seq,

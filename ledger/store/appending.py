@@ -114,6 +114,7 @@ class GroupCommit:
     # Provided by `signing.Checkpoints` in `Ledger`: signer, require_current_key, _sign.
     signer: NoteSigner
     require_current_key: Callable[[Session, str], None]
+    require_consistent: Callable[..., None]
     _sign: Callable[[int, bytes], str]
 
     # --- writing -------------------------------------------------------------------------------
@@ -301,6 +302,8 @@ class GroupCommit:
         # A host that missed a rotation stops here: nothing is written, and no receipt carries a
         # retired key's signature. One primary-key read per group.
         self.require_current_key(session, self.signer.verifier.key_id.hex())
+        # No split view: the tree this group extends is consistent with the last stored checkpoint.
+        self.require_consistent(session, state.compact.size, state.compact.root(), appending=True)
         return state
 
 

@@ -48,6 +48,8 @@ class Ledger(GroupCommit, Checkpoints, LogReader):
         self.clock = clock
         self._sequencer = Sequencer()
         self._sign_cached = lru_cache(maxsize=256)(self._sign_with)
+        self._consistent = set()
+        self._append_base = None
         self._cv = threading.Condition()
         self._queue: list[_AppendRequest] = []
         self._leading = False

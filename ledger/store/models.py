@@ -106,6 +106,20 @@ class StoredCheckpoint(SQLModel, table=True):
     created_at: datetime = Field(sa_column=Column(UtcTimestamp(), nullable=False))
 
 
+class Cosignature(SQLModel, table=True):
+    """A witness's cosignature/v1 line on the stored checkpoint of (size, root); append-only."""
+
+    __tablename__ = "cosignatures"
+
+    size: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    witness_key_id: str = Field(sa_column=Column(String(8), primary_key=True))
+    root: bytes = Field(sa_column=Column(LargeBinary(32), nullable=False))
+    witness: str = Field(sa_column=Column(Text, nullable=False))
+    line: str = Field(sa_column=Column(Text, nullable=False))
+    timestamp: int = Field(sa_column=Column(BigInteger, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UtcTimestamp(), nullable=False))
+
+
 class SigningKey(SQLModel, table=True):
     """Public half and validity of every key that has signed checkpoints (the private half stays on disk)."""
 

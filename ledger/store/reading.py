@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
-from sqlmodel import col
+from sqlmodel import Session, col
 
 from ledger.errors import InvalidRequestError, NotFoundError
-from ledger.store.db import Database
+from ledger.store.db import Database, chunks
 from ledger.store.models import EntryPayload, LogEntry, TreeNode
 from ledger.store.sequencer import header_from_row
 from ledger.store.signing import Checkpoints, SignedCheckpoint
@@ -26,19 +26,28 @@ class StoredEntry:
     leaf_hash: bytes
     payload: Any | None
     salt: bytes | None
+    erasure_seq: int | None = None  # of the payload.erasure entry naming this one, once erased
 
     @property
     def erased(self) -> bool:
         return self.payload is None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """DESIGN.md 8, "Erased and withheld": an erased payload carries `erased: true` and the seq of
+        its erasure entry; a payload absent with no erasure entry naming it says so (`missing`)."""
+        out: dict[str, Any] = {
             "header": self.header.to_json(),
             "payload": self.payload,
             "salt": self.salt.hex() if self.salt is not None else None,
             "leaf_hash": self.leaf_hash.hex(),
-            "erased": self.erased,
+            "erased": self.erased and self.erasure_seq is not None,
         }
+        if self.erased:
+            if self.erasure_seq is not None:
+                out["erasure_seq"] = self.erasure_seq
+            else:
+                out["missing"] = "the payload is absent, and no payload.erasure entry names this entry"
+        return out
 
 
 class LogReader:
@@ -58,7 +67,7 @@ class LogReader:
             if row is None:
                 raise NotFoundError(f"no entry with seq {seq}", seq=seq)
             payload = session.get(EntryPayload, seq)
-            return _stored(row, payload)
+            return _stored(row, payload, erasure_seqs(session, [seq] if payload is None else []))
 
     def entries(
         self,
@@ -82,7 +91,9 @@ class LogReader:
                 q = q.where(col(LogEntry.seq) > after)
             order = col(LogEntry.seq).desc() if newest_first else col(LogEntry.seq)
             q = q.order_by(order).limit(limit)
-            return [_stored(e, p) for e, p in session.execute(q).all()]
+            rows = session.execute(q).all()
+            erasures = erasure_seqs(session, [e.seq for e, p in rows if p is None])
+            return [_stored(e, p, erasures) for e, p in rows]
 
     def inclusion_proof(self, seq: int, size: int) -> tuple[bytes, list[bytes]]:
         """Leaf hash and RFC 9162 proof of `seq` in the tree of `size`, in one query.
@@ -121,12 +132,27 @@ class LogReader:
             return consistency_proof(session, first, second)
 
 
-def _stored(row: LogEntry, payload: EntryPayload | None) -> StoredEntry:
+def erasure_seqs(session: Session, seqs: Sequence[int]) -> dict[int, int]:
+    """seq -> the seq of the payload.erasure entry naming it, for those of `seqs` that one names."""
+    out: dict[int, int] = {}
+    for part in chunks([f"entry:{s}" for s in seqs]):
+        rows = session.execute(
+            select(col(LogEntry.seq), col(LogEntry.subject)).where(
+                col(LogEntry.kind) == "payload.erasure", col(LogEntry.subject).in_(part)
+            )
+        )
+        for seq, subject in rows:
+            out.setdefault(int(subject.removeprefix("entry:")), int(seq))
+    return out
+
+
+def _stored(row: LogEntry, payload: EntryPayload | None, erasures: dict[int, int] | None = None) -> StoredEntry:
     return StoredEntry(
         header=header_from_row(row),
         leaf_hash=bytes(row.leaf_hash),
         payload=json.loads(payload.payload) if payload is not None else None,
         salt=bytes(payload.salt) if payload is not None else None,
+        erasure_seq=(erasures or {}).get(row.seq) if payload is None else None,
     )
 
 
@@ -141,22 +167,31 @@ class ProvenEntries:
 
 
 def prove_entries(ledger: Checkpoints, seqs: Sequence[int]) -> ProvenEntries:
-    """Reads `seqs` and proves each against the current tree, in one consistent read."""
+    """Reads `seqs` and proves each, in one consistent read, against the largest witness-cosigned
+    checkpoint that holds them all (its note carries the cosignatures), else against the current tree
+    (once proven consistent with the last stored checkpoint)."""
     wanted = sorted(set(seqs))
     signer = ledger.signer  # one signer for the note and the verifier key the bundle names
     with ledger.db.read() as session:
         ledger.require_current_key(session, signer.verifier.key_id.hex())
         size = tree_size(session)
         root = root_at(session, size)
+        ledger.require_consistent(session, size, root)
         missing = [s for s in wanted if s >= size]
         if missing:
             raise NotFoundError(f"entries {missing[:5]} are not in the log", seqs=missing[:20])
+        cosigned = ledger.latest_cosigned(session, covering=wanted[-1] + 1 if wanted else 0)
+        if cosigned is not None and root_at(session, cosigned.size) == cosigned.root:
+            size, root = cosigned.size, cosigned.root
+        else:
+            cosigned = None
         rows = session.execute(
             select(LogEntry, EntryPayload)
             .join(EntryPayload, EntryPayload.seq == LogEntry.seq, isouter=True)  # type: ignore[arg-type]
             .where(LogEntry.seq.in_(wanted))  # type: ignore[attr-defined]
         ).all()
-        entries = {e.seq: _stored(e, p) for e, p in rows}
+        erasures = erasure_seqs(session, [e.seq for e, p in rows if p is None])
+        entries = {e.seq: _stored(e, p, erasures) for e, p in rows}
         proofs = inclusion_proofs(session, wanted, size) if wanted else {}
-    note = ledger._sign_cached(signer, size, root)
+    note = cosigned.note if cosigned is not None else ledger._sign_cached(signer, size, root)
     return ProvenEntries(SignedCheckpoint(size=size, root=root, note=note), entries, proofs, signer.verifier.line())
