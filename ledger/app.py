@@ -12,7 +12,7 @@ from flask_smorest import Api
 from prometheus_client import Counter, Histogram
 
 from ledger.api import admin, faults, governance, lineage, log, names, ops, reads, security
-from ledger.api.consistency import wait_for_projections
+from ledger.api.consistency import end_request, wait_for_projections
 from ledger.api.problems import register_error_handlers
 from ledger.config import Settings
 from ledger.console import bp as console_bp
@@ -143,6 +143,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     def _forget_request_id(_exc: BaseException | None) -> None:
         # Not ContextVar.reset: a streamed response ends in another context than the one it began in.
         request_id.set("-")
+        end_request()  # and its reads go back to the primary
 
     faults.install(app)  # last: every view is registered by now
     return app

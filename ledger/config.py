@@ -109,6 +109,8 @@ class Settings:
     data_dir: Path
     database_url: str
     origin: str
+    # A PostgreSQL streaming replica of `database_url` that serves reads (ledger.store.replica).
+    read_database_url: str | None = None
     signing_key_path: Path
     # The secret keying intake's dedup keys (HMAC); the same file on every host of a deployment.
     dedup_key_path: Path | None = None
@@ -149,6 +151,7 @@ class Settings:
         return Settings(
             data_dir=data_dir,
             database_url=db,
+            read_database_url=e.get("LEDGER_READ_DATABASE_URL") or None,
             origin=origin,
             signing_key_path=key,
             dedup_key_path=Path(e["LEDGER_DEDUP_KEY"]) if e.get("LEDGER_DEDUP_KEY") else None,
@@ -177,6 +180,12 @@ class Settings:
         )
 
     def __post_init__(self) -> None:
+        if self.read_database_url is not None and not (
+            self.read_database_url.startswith("postgresql") and self.database_url.startswith("postgresql")
+        ):
+            raise ConfigurationError(
+                "LEDGER_READ_DATABASE_URL: a read replica needs PostgreSQL for both LEDGER_DATABASE_URL and it"
+            )
         try:
             self.event_time_window  # noqa: B018  (refuse a window the validator would refuse, at start)
         except ValueError as e:

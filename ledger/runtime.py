@@ -17,6 +17,7 @@ from ledger.security.principals import PrincipalStore
 from ledger.store.db import Database
 from ledger.store.ledger import Ledger
 from ledger.store.projector import Projector
+from ledger.store.replica import ReplicaReads
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Runtime:
     governance: GovernanceService
     access: AccessService
     projector: Projector
+    replica: ReplicaReads | None = None  # with LEDGER_READ_DATABASE_URL
 
     def close(self) -> None:
         self.projector.stop()
@@ -77,9 +79,9 @@ def build_runtime(settings: Settings, *, policy: PolicyEngine | None = None) -> 
             processes=settings.policy_processes,
         )
         policy = PolicyEngine(load_policy_bundle(settings.policy_dir), limits=limits)
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, read_url=settings.read_database_url)
     ledger = Ledger(db=db, signer=KeyFile(settings.signing_key_path, settings.origin))
-    principals = PrincipalStore(db)
+    principals = PrincipalStore(db.primary_only())  # who may read is never read from a replica
 
     def roles_of(name: str) -> frozenset[str]:
         p = principals.get(name)
@@ -92,7 +94,7 @@ def build_runtime(settings: Settings, *, policy: PolicyEngine | None = None) -> 
     screen = violation_screen(ledger, policy_digest=policy.bundle.digest, clearances_of=clearances_of)
     rewrite = settings.erasure_rewrite
     projector = Projector(
-        db,
+        db.primary_only(),  # the projections are applied on the primary, from what it holds
         PROJECTIONS,
         [screen],
         replays=replayed_by_erasure,
@@ -124,4 +126,5 @@ def build_runtime(settings: Settings, *, policy: PolicyEngine | None = None) -> 
         governance=governance,
         access=AccessService(ledger, policy, principals, settings.allowed_purposes, projector),
         projector=projector,
+        replica=ReplicaReads(db, projector) if db.replica is not None else None,
     )

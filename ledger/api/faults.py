@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from ledger.api.problems import problem
@@ -43,9 +43,18 @@ def _retrying(view: Callable[..., Any]) -> Callable[..., Any]:
             if request.method not in READS or not is_transient(e):
                 raise
             log.info("retrying %s %s once: the database connection was lost", request.method, request.path)
+            leave_replica()  # a read the replica failed is tried on the primary
             return view(*args, **kwargs)
 
     return wrapper
+
+
+def leave_replica() -> None:
+    """This request's reads go to the primary from now on; the replica is marked down if they were its."""
+    rt = current_app.extensions["ledger.runtime"]
+    if rt.db.reads_from_replica:
+        rt.replica.failed()
+        rt.db.route_to_replica(False)
 
 
 def install(app: Flask) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
+from ledger.api.consistency import REPLICA_UP
 from ledger.errors import LedgerError
 from ledger.store.faults import fault_of
 from ledger.store.health import checkpoint_age, write_blockers
@@ -84,6 +85,8 @@ WITNESS_BEHIND = Gauge(
 @bp.get("/metrics")
 def metrics() -> Response:
     rt = current_app.extensions["ledger.runtime"]
+    if rt.replica is not None:
+        REPLICA_UP.set(1 if rt.replica.probe() else 0)
     try:
         for name, n in rt.projector.lag().items():
             PROJECTION_LAG.labels(name).set(n)

@@ -3,10 +3,16 @@
 Writers go through `Database.write()`: on PostgreSQL it takes a transaction-scoped advisory lock, on
 SQLite it begins an IMMEDIATE transaction, so appends are serialised across processes and hosts.
 Readers use `Database.read()`, which takes no lock.
+
+With a read replica (`LEDGER_READ_DATABASE_URL`, a PostgreSQL streaming standby), `read()`,
+`snapshot()` and `statement()` use the replica's engine inside `from_replica()` (which the API enters
+for a GET that only reads, once the replica has replayed what the request must see); everything
+else, writes and the projector among them, uses the primary.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -14,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from sqlalchemy import JSON, Table, TypeDecorator, event, insert, text
@@ -27,6 +34,11 @@ log = logging.getLogger("ledger.db")
 # Any constants work; they only have to be the same in every process of a deployment.
 SEQUENCER_LOCK_KEY = 0x1ED6E2  # held by appends (and the checkpoint lease)
 PROJECTOR_LOCK_KEY = 0x1ED6E3  # held by the one applier of projections, never by appends
+
+
+# The Database whose reads this context sends to its replica (None: every read goes to the primary).
+_ROUTED: ContextVar[Database | None] = ContextVar("ledger_reads_routed", default=None)
+REPLICA_CONNECT_TIMEOUT = 2  # seconds: an unreachable replica costs a request at most this
 
 
 def _is_sqlite(url: str) -> bool:
@@ -91,20 +103,73 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
 class Database:
     """One engine and the two kinds of transaction the ledger uses."""
 
-    def __init__(self, url: str, *, pool_size: int = 5) -> None:
+    def __init__(self, url: str, *, pool_size: int = 5, read_url: str | None = None) -> None:
         self.url = url
         self.is_sqlite = _is_sqlite(url)
         self.engine = make_engine(url, pool_size=pool_size)
         self._write_engine = self.engine.execution_options(ledger_write=True)
         self._statement_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._memory_lock = threading.Lock()  # the projector lock of an in-memory SQLite database
+        self.replica: Engine | None = None
+        if read_url is not None:
+            if self.is_sqlite or not read_url.startswith("postgresql"):
+                raise ValueError("a read replica needs PostgreSQL for both the primary and the replica")
+            self.replica = create_engine(
+                read_url,
+                pool_size=pool_size,
+                max_overflow=10,
+                pool_pre_ping=True,  # a replica that restarted leaves dead connections in the pool
+                connect_args={"connect_timeout": REPLICA_CONNECT_TIMEOUT},
+            )
+            self._replica_statement = self.replica.execution_options(isolation_level="AUTOCOMMIT")
+
+    # --- where reads go ----------------------------------------------------------------------------
+
+    @contextmanager
+    def from_replica(self) -> Iterator[None]:
+        """Within it, this context's reads go to the replica (there must be one)."""
+        assert self.replica is not None
+        token = _ROUTED.set(self)
+        try:
+            yield
+        finally:
+            _ROUTED.reset(token)
+
+    @contextmanager
+    def on_primary(self) -> Iterator[None]:
+        """Within it, every read goes to the primary: for reads that decide what is written."""
+        token = _ROUTED.set(None)
+        try:
+            yield
+        finally:
+            _ROUTED.reset(token)
+
+    def route_to_replica(self, on: bool) -> None:
+        """Sends this context's reads to the replica from now on (or no longer): for a request,
+        whose hooks begin and end it in separate calls (`from_replica` is the scoped form)."""
+        assert not on or self.replica is not None
+        _ROUTED.set(self if on else None)
+
+    def primary_only(self) -> Database:
+        """This database without its replica (the same engines and locks): for a service whose
+        reads must always see the primary, such as the principals that authenticate requests."""
+        twin = copy.copy(self)
+        twin.replica = None
+        return twin
+
+    @property
+    def reads_from_replica(self) -> bool:
+        return self.replica is not None and _ROUTED.get() is self
+
+    def _reader(self) -> Engine:
+        return self.replica if self.replica is not None and _ROUTED.get() is self else self.engine
 
     @contextmanager
     def read(self) -> Iterator[Session]:
         """A transaction without the sequencer lock; rows loaded in it stay usable after it ends."""
         # Committing would otherwise expire every loaded row, and the detached rows a reader
         # returns (`Ledger.stored_checkpoints`, say) would raise DetachedInstanceError on first use.
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+        with Session(self._reader(), expire_on_commit=False) as session, session.begin():
             yield session
 
     @contextmanager
@@ -120,7 +185,8 @@ class Database:
         """A read transaction that sees one committed state throughout (REPEATABLE READ on
         PostgreSQL; a SQLite read transaction in WAL mode does so already): a decision built from
         several queries then rests on one state of the projections."""
-        engine = self.engine if self.is_sqlite else self.engine.execution_options(isolation_level="REPEATABLE READ")
+        reader = self._reader()
+        engine = reader if self.is_sqlite else reader.execution_options(isolation_level="REPEATABLE READ")
         with Session(engine, expire_on_commit=False) as session, session.begin():
             yield session
 
@@ -188,7 +254,8 @@ class Database:
     @contextmanager
     def statement(self) -> Iterator[Connection]:
         """A connection for single-statement reads of immutable rows (tree nodes): no BEGIN/COMMIT."""
-        with self._statement_engine.connect() as conn:
+        replica = self.replica is not None and _ROUTED.get() is self
+        with (self._replica_statement if replica else self._statement_engine).connect() as conn:
             yield conn
 
     def scrub(self, tables: Iterable[str], *, rewrite: Iterable[str] = ()) -> None:
@@ -255,6 +322,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self.replica is not None:
+            self.replica.dispose()
 
 
 T = TypeVar("T")

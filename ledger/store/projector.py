@@ -155,7 +155,13 @@ class Projector:
         return any(self.lag().values())
 
     def step(self) -> bool:
-        """Applies one batch if any is pending and the projector lock is free; True if it did work."""
+        """Applies one batch if any is pending and the projector lock is free; True if it did work.
+
+        Every read it makes, the followers' included, is of the primary (never of a read replica)."""
+        with self.db.on_primary():
+            return self._step()
+
+    def _step(self) -> bool:
         with self.db.read() as s:
             head, known = tree_size(s), self.watermarks(s)
         if all(m >= head for m in known.values()):
