@@ -99,6 +99,12 @@ def drop_orphaned_slots() -> None:
                 c.execute("SELECT pg_drop_replication_slot(%s)", (name,))
 
 
+def _drop_slot(name: str) -> None:
+    with _primary() as c:
+        if c.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (name,)).fetchone():
+            c.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+
+
 @dataclass
 class Replica:
     directory: Path
@@ -155,6 +161,33 @@ class Replica:
                 shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def _base_backup(replica: Replica, slot: str) -> None:
+    """`pg_basebackup` into `replica.data`. A database another process drops while the backup copies
+    it can fail the backup: it is tried again, with a slot of a new name (the failed one's dropped)."""
+    last = ""
+    for attempt in range(3):
+        replica.slot = f"{slot}_{attempt}"
+        backup = subprocess.run(
+            _as_postgres(
+                [
+                    str(PG_BIN / "pg_basebackup"),
+                    *("-h", str(PRIMARY["host"]), "-p", str(PRIMARY["port"]), "-U", str(PRIMARY["user"])),
+                    *("-D", str(replica.data), "-R", "-X", "stream", "-C", "-S", replica.slot, "--checkpoint=fast"),
+                ]
+            ),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if backup.returncode == 0:
+            return
+        last = backup.stderr.strip()
+        _drop_slot(replica.slot)
+        subprocess.run(_as_postgres(["rm", "-rf", str(replica.data)]), check=True)
+    raise RuntimeError(f"pg_basebackup failed three times; the last: {last}")
+
+
 def start_replica() -> Replica:
     """A streaming replica of the whole local cluster on a free port, started and accepting reads."""
     drop_orphaned_slots()
@@ -168,18 +201,7 @@ def start_replica() -> Replica:
         directory.chmod(0o700)
         with _primary() as c:
             copied = {name: c.execute(f"SHOW {name}").fetchone()[0] for name in _COPIED}  # type: ignore[index]
-        subprocess.run(
-            _as_postgres(
-                [
-                    str(PG_BIN / "pg_basebackup"),
-                    *("-h", str(PRIMARY["host"]), "-p", str(PRIMARY["port"]), "-U", str(PRIMARY["user"])),
-                    *("-D", str(replica.data), "-R", "-X", "stream", "-C", "-S", slot, "--checkpoint=fast"),
-                ]
-            ),
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
+        _base_backup(replica, slot)
         conf = {
             "port": str(port),
             "listen_addresses": "'127.0.0.1'",
