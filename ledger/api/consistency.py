@@ -36,7 +36,7 @@ REPLICA_UP = Gauge("ledger_read_replica_up", "1 while the read replica answers, 
 REPLICA_READS = Counter("ledger_read_replica_reads_total", "Reads served by the read replica")
 REPLICA_FALLBACKS = Counter(
     "ledger_read_replica_fallbacks_total",
-    "Reads a replica would serve that the primary served: the replica unreachable, or behind",
+    "Reads a replica would serve that the primary served: the replica unreachable, behind, or failing the read",
     ["reason"],
 )
 

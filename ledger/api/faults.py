@@ -17,8 +17,9 @@ from typing import Any
 from flask import Flask, Response, current_app, request
 from sqlalchemy.exc import SQLAlchemyError
 
+from ledger.api.consistency import REPLICA_FALLBACKS
 from ledger.api.problems import problem
-from ledger.store.faults import fault_of, is_transient
+from ledger.store.faults import CONNECTION, fault_of, is_transient
 
 log = logging.getLogger("ledger.api")
 READS = ("GET", "HEAD")
@@ -40,21 +41,31 @@ def _retrying(view: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return view(*args, **kwargs)
         except SQLAlchemyError as e:
-            if request.method not in READS or not is_transient(e):
+            if request.method not in READS:
+                raise
+            if _left_replica(e):  # whatever the replica's error (a lost connection, a recovery conflict)
+                log.info("retrying %s %s once on the primary: the replica failed it", request.method, request.path)
+                return view(*args, **kwargs)
+            if not is_transient(e):
                 raise
             log.info("retrying %s %s once: the database connection was lost", request.method, request.path)
-            leave_replica()  # a read the replica failed is tried on the primary
             return view(*args, **kwargs)
 
     return wrapper
 
 
-def leave_replica() -> None:
-    """This request's reads go to the primary from now on; the replica is marked down if they were its."""
+def _left_replica(e: SQLAlchemyError) -> bool:
+    """True when this request's reads were the replica's: they go to the primary from now on (and
+    the replica counts as down when its connection failed)."""
     rt = current_app.extensions["ledger.runtime"]
-    if rt.db.reads_from_replica:
+    if not rt.db.reads_from_replica:
+        return False
+    fault = fault_of(e)
+    if fault is not None and fault.kind == CONNECTION:
         rt.replica.failed()
-        rt.db.route_to_replica(False)
+    rt.db.route_to_replica(False)
+    REPLICA_FALLBACKS.labels("failed").inc()
+    return True
 
 
 def install(app: Flask) -> None:
