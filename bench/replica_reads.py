@@ -179,7 +179,7 @@ def print_summary(r: dict[str, Any]) -> None:
         )
     print(
         "  (replica tx: transactions the replica committed in the ledger's database during the measurement,"
-        " from its own pg_stat_database: a read served there is two or three, its position and the read)"
+        " from its own pg_stat_database: a read served there is its position and the read's own, several for a list)"
     )
 
 
