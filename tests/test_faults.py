@@ -92,11 +92,34 @@ def kill_at(rt: Runtime, pattern: str, *, at_commit: bool = False) -> Iterator[l
         fired.append(seen.pop(id(conn)))
         _terminate(admin, conn.connection.driver_connection.info.backend_pid)
 
+    # The append group speaks to psycopg directly (ledger.store.groupio, pipelined): its statements
+    # and its commit are seen at the driver's methods, the rest at SQLAlchemy's events.
+    import psycopg
+
+    real_execute, real_commit = psycopg.Connection.execute, psycopg.Connection.commit
+
+    def execute(conn: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        if not fired and isinstance(query, str) and re.search(pattern, query):
+            if at_commit:
+                seen[id(conn)] = query
+            else:
+                fired.append(query)
+                _terminate(admin, conn.info.backend_pid)
+        return real_execute(conn, query, *args, **kwargs)
+
+    def commit(conn: Any) -> None:
+        if not fired and id(conn) in seen:
+            fired.append(seen.pop(id(conn)))
+            _terminate(admin, conn.info.backend_pid)
+        real_commit(conn)
+
     event.listen(rt.db.engine, "before_cursor_execute", before)
     event.listen(rt.db.engine, "commit", on_commit)
+    psycopg.Connection.execute, psycopg.Connection.commit = execute, commit  # type: ignore[method-assign]
     try:
         yield fired
     finally:
+        psycopg.Connection.execute, psycopg.Connection.commit = real_execute, real_commit  # type: ignore[method-assign]
         event.remove(rt.db.engine, "before_cursor_execute", before)
         event.remove(rt.db.engine, "commit", on_commit)
         admin.dispose()

@@ -17,14 +17,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, true, update
+from sqlalchemy import and_, or_, select, true
 from sqlmodel import Session, col
 
 from ledger.errors import ConflictError, NotFoundError
-from ledger.store.db import Database, bulk_insert, chunks
+from ledger.store.db import Database
 from ledger.store.faults import WRITE_BLOCKING, fault_of, is_transient
-from ledger.store.models import EntryPayload, LogEntry, SubjectOwner
+from ledger.store.groupio import GroupHead, GroupIO
+from ledger.store.models import EntryPayload, LogEntry
 from ledger.store.sequencer import AppendedEntry, AppendResult, PendingEntry, PendingRows, Sequencer, TreeState
+from ledger.store.signing import check_current_key
 from ledger.store.tree import inclusion_proofs
 from ledger.tlog.note import NoteSigner
 
@@ -103,6 +105,7 @@ class GroupCommit:
     db: Database
     clock: Callable[[], datetime]
     _sequencer: Sequencer
+    _io: GroupIO
     _cv: threading.Condition
     _queue: list[_AppendRequest]
     _leading: bool
@@ -111,10 +114,9 @@ class GroupCommit:
     # read-only database), or None once a group commits again; `/readyz` reports it.
     write_fault: tuple[float, str] | None = None
 
-    # Provided by `signing.Checkpoints` in `Ledger`: signer, require_current_key, _sign.
+    # Provided by `signing.Checkpoints` in `Ledger`: signer, require_consistent_with, _sign.
     signer: NoteSigner
-    require_current_key: Callable[[Session, str], None]
-    require_consistent: Callable[..., None]
+    require_consistent_with: Callable[..., None]
     _sign: Callable[[int, bytes], str]
 
     # --- writing -------------------------------------------------------------------------------
@@ -224,23 +226,32 @@ class GroupCommit:
             self.on_commit(size)
 
     def _run_group(self, group: list[_AppendRequest], attempt: _Attempt) -> tuple[int, bytes, dict[int, list[bytes]]]:
-        # Under the lock, in this order: (1) the tree as it stands; (2) per request, its precondition
-        # on the log, then seq, time and digests for its entries, undone in memory alone if the
-        # request is refused; (3) every row of the group in one write per table; (4) the payloads
-        # the group erases; (5) inclusion proofs for the receipts; (6) commit.
-        with self.db.write() as session:
-            state = self._open(session)  # (1)
+        # Under the lock, in this order: (1) the log as it stands, in one read (`groupio`); (2) per
+        # request, its precondition on the log, then seq, time and digests for its entries, undone
+        # in memory alone if the request is refused; (3) inclusion proofs for the receipts; (4)
+        # every row of the group in one write per table, the payloads it erases, and commit.
+        io = self._io
+        with self.db.write(lock=False) as session:
+            head = io.read(
+                session,
+                self._sequencer,
+                key_id=self.signer.verifier.key_id.hex(),
+                subjects=sorted({p.subject for r in group for p in r.pending if p.owner is not None}),
+                keys=sorted({p.dedup_key for r in group for p in r.pending if p.dedup_key}),
+            )
+            state = self._open(session, head)  # (1)
             now = self.clock()
-            rows = PendingRows()
+            rows = PendingRows(seen=dict(head.existing), looked_up=set(head.existing))
+            rows.looked_up.update(p.dedup_key for r in group for p in r.pending if p.dedup_key)
             erasing: list[int] = []
-            owners: dict[str, str] = {}  # subject -> owner, as the log and this group's entries have it
+            owners = dict(head.owners)  # subject -> owner, as the log and this group's entries have it
             new_owners: list[dict[str, Any]] = []
             for req in group:  # (2)
                 req.error, req.result = None, None
                 mark = _Mark.of(state, rows)
                 try:
                     self._check(session, req, rows, erasing)
-                    claimed = _check_owners(session, req.pending, owners) if any(p.owner for p in req.pending) else {}
+                    claimed = _check_owners(req.pending, owners)
                     req.result = self._sequencer.append(session, state, req.pending, now=now, rows=rows)
                     if req.erases is not None:
                         erasing.append(req.erases)
@@ -251,22 +262,13 @@ class GroupCommit:
                 for subject, (owner, i) in claimed.items():
                     owners[subject] = owner
                     new_owners.append({"subject": subject, "owner": owner, "seq": req.result.entries[i].header.seq})
-            self._sequencer.flush(session, rows)  # (3)
-            if new_owners:
-                bulk_insert(session, SubjectOwner.__table__, new_owners)  # type: ignore[attr-defined]
-            if erasing:  # (4) allowed by the database once the erasure entries are in the table
-                session.execute(delete(EntryPayload).where(col(EntryPayload.seq).in_(erasing)))
-                # The erased event's dedup key would answer a repeat of it with this seq: dropped.
-                session.execute(
-                    update(LogEntry)
-                    .where(col(LogEntry.seq).in_(erasing), col(LogEntry.dedup_key).is_not(None))
-                    .values(dedup_key=None)
-                )
             seqs = sorted({e.header.seq for r in group if r.result is not None for e in r.result.entries})
             size = state.compact.size
-            proofs = inclusion_proofs(session, seqs, size, state.known) if seqs else {}  # (5)
-            attempt.committing = True  # from here on, the commit may have reached the database
-        self._sequencer.committed(state)  # (6) done: the transaction committed
+            proofs = inclusion_proofs(session, seqs, size, state.known) if seqs else {}  # (3)
+            attempt.committing = io.commits  # from here on, the commit may have reached the database
+            io.write(session, rows, new_owners, erasing)  # (4)
+            attempt.committing = True
+        self._sequencer.committed(state)  # done: the transaction committed
         return size, state.compact.root(), proofs
 
     @staticmethod
@@ -296,14 +298,16 @@ class GroupCommit:
         if found is not None:
             raise StaleStateError(f"entry {found} arrived after the state this was decided on", seq=found)
 
-    def _open(self, session: Session) -> TreeState:
+    def _open(self, session: Session, head: GroupHead) -> TreeState:
         """Under the lock: the tree as it stands, once this host's key is known to be current."""
-        state = self._sequencer.open(session)
+        state = self._sequencer.start(head.size, head.frontier)
         # A host that missed a rotation stops here: nothing is written, and no receipt carries a
-        # retired key's signature. One primary-key read per group.
-        self.require_current_key(session, self.signer.verifier.key_id.hex())
+        # retired key's signature.
+        check_current_key(head.keys, self.signer.verifier.key_id.hex())
         # No split view: the tree this group extends is consistent with the last stored checkpoint.
-        self.require_consistent(session, state.compact.size, state.compact.root(), appending=True)
+        self.require_consistent_with(
+            session, head.last_checkpoint, state.compact.size, state.compact.root(), appending=True
+        )
         return state
 
 
@@ -347,13 +351,10 @@ class _Mark:
         rows.looked_up.intersection_update(self.looked_up)
 
 
-def _check_owners(session: Session, pending: list[PendingEntry], owners: dict[str, str]) -> dict[str, tuple[str, int]]:
+def _check_owners(pending: list[PendingEntry], owners: dict[str, str]) -> dict[str, tuple[str, int]]:
     """Under the lock: refuses (OwnerConflictError) a request whose entries name an owner for their
-    subject other than the recorded one; returns the subjects it claims first (owner, index)."""
-    unknown = sorted({p.subject for p in pending if p.owner is not None and p.subject not in owners})
-    for part in chunks(unknown):
-        q = select(col(SubjectOwner.subject), col(SubjectOwner.owner)).where(col(SubjectOwner.subject).in_(part))
-        owners.update({str(s): str(o) for s, o in session.execute(q).all()})
+    subject other than the recorded one (`owners`: as the log and the group's earlier requests have
+    them); returns the subjects it claims first (owner, index)."""
     claimed: dict[str, tuple[str, int]] = {}
     conflicts: list[int] = []
     for i, p in enumerate(pending):

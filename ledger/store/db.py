@@ -173,10 +173,13 @@ class Database:
             yield session
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
-        """A transaction holding the sequencer lock; commits on success, rolls back on error."""
+    def write(self, *, lock: bool = True) -> Iterator[Session]:
+        """A transaction holding the sequencer lock; commits on success, rolls back on error.
+
+        `lock=False` leaves taking the lock on PostgreSQL to the caller, as the first statement of the
+        transaction (an append group pipelines it with its reads: `ledger.store.groupio`)."""
         with Session(self._write_engine) as session, session.begin():
-            if not self.is_sqlite:
+            if lock and not self.is_sqlite:
                 session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SEQUENCER_LOCK_KEY})
             yield session
 

@@ -13,6 +13,7 @@ from functools import lru_cache
 
 from ledger.store.appending import Clause, GroupCommit, Receipt, StaleStateError, Unless, _AppendRequest
 from ledger.store.db import Database
+from ledger.store.groupio import group_io
 from ledger.store.reading import LogReader, ProvenEntries, StoredEntry, prove_entries
 from ledger.store.sequencer import Sequencer
 from ledger.store.signing import Checkpoints, SignedCheckpoint, SignerSource
@@ -47,6 +48,7 @@ class Ledger(GroupCommit, Checkpoints, LogReader):
         self._signer = signer
         self.clock = clock
         self._sequencer = Sequencer()
+        self._io = group_io(db)
         self._sign_cached = lru_cache(maxsize=256)(self._sign_with)
         self._consistent = set()
         self._append_base = None

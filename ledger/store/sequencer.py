@@ -23,7 +23,6 @@ from sqlmodel import Session
 
 from ledger.store.db import bulk_insert
 from ledger.store.models import EntryPayload, LogEntry, TreeNode
-from ledger.store.tree import fetch_nodes, tree_size
 from ledger.tlog.entry import SALT_SIZE, EntryHeader, canonical_json, format_time, payload_digest
 from ledger.tlog.tree import CompactRange, NodeId, range_nodes
 
@@ -116,18 +115,17 @@ class Sequencer:
         self._cached: tuple[int, list[bytes]] | None = None
         self._lock = threading.Lock()
 
-    def open(self, session: Session) -> TreeState:
-        """Reads the current tree. Must run inside `Database.write()` (the lock is held)."""
-        size = tree_size(session)
-        frontier_ids = range_nodes(0, size)
+    def cached_frontier(self, size: int) -> list[bytes] | None:
+        """The frontier hashes of the tree of `size` this process last committed, if it is that size."""
         with self._lock:
             cached = self._cached
-        if cached is not None and cached[0] == size:
-            hashes = cached[1]
-        else:
-            known = fetch_nodes(session, frontier_ids)
-            hashes = [known[n] for n in frontier_ids]
-        return TreeState(CompactRange(size, hashes), dict(zip(frontier_ids, hashes, strict=True)))
+        return cached[1] if cached is not None and cached[0] == size else None
+
+    @staticmethod
+    def start(size: int, frontier: dict[NodeId, bytes]) -> TreeState:
+        """The tree as read under the lock: its size and the nodes of range_nodes(0, size)."""
+        hashes = [frontier[n] for n in range_nodes(0, size)]
+        return TreeState(CompactRange(size, hashes), dict(frontier))
 
     def committed(self, state: TreeState) -> None:
         """Remembers the frontier of a tree that is now committed."""

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import Counter
 from sqlalchemy import select
@@ -93,31 +93,32 @@ class Checkpoints:
                 (col(SigningKey.key_id) == key_id) | col(SigningKey.valid_until).is_(None)
             )
         ).all()
-        if not rows or any(k == key_id and until is None for k, until in rows):
-            return
-        current = next((k for k, until in rows if until is None), None)
-        raise StaleSigningKeyError(
-            f"this host signs with key {key_id}, but the log's current key is {current}: "
-            "install the current key file on this host",
-            key_id=key_id,
-            current=current,
-        )
+        check_current_key([(str(k), until) for k, until in rows], key_id)
 
     def require_consistent(self, session: Session, size: int, root: bytes, *, appending: bool = False) -> None:
         """Proves the tree (size, root) consistent with the last checkpoint this log stored, from the
         stored tree (RFC 9162 consistency proof); raises SplitViewError if it is not. A verified pair
         is remembered, so a repeated check costs one indexed read. `appending`: called by the append
         leader under the lock, for the tree its group extends (see `_sign`)."""
-        if appending:
-            self._append_base = None
         last = session.execute(
             select(col(StoredCheckpoint.size), col(StoredCheckpoint.note))
             .order_by(col(StoredCheckpoint.size).desc())
             .limit(1)
         ).first()
+        self.require_consistent_with(
+            session, None if last is None else (int(last[0]), str(last[1])), size, root, appending=appending
+        )
+
+    def require_consistent_with(
+        self, session: Session, last: tuple[int, str] | None, size: int, root: bytes, *, appending: bool = False
+    ) -> None:
+        """`require_consistent` with the last stored checkpoint (size, note) read already; the session
+        is read only when the pair has not been proven before."""
+        if appending:
+            self._append_base = None
         if last is None:
             return
-        m, note = int(last[0]), str(last[1])
+        m, note = last
         key = (m, note, size, root)
         if key in self._consistent:
             if appending:
@@ -273,3 +274,18 @@ def _prove_consistent(session: Session, m: int, m_root: bytes, size: int, root: 
         raise VerificationError(f"the root at size {m} differs from the stored checkpoint's")
     if size > m:
         verify_consistency(m, size, m_root, root, consistency_proof(session, m, size))
+
+
+def check_current_key(rows: list[tuple[str, Any]], key_id: str) -> None:
+    """Refuses (StaleSigningKeyError) to sign with `key_id`, given the signing-key rows that are
+    `key_id` or current (valid_until None): a key the log has retired, or one it does not know while
+    another is current (a host that missed a rotation). A log with no registered key signs freely."""
+    if not rows or any(k == key_id and until is None for k, until in rows):
+        return
+    current = next((k for k, until in rows if until is None), None)
+    raise StaleSigningKeyError(
+        f"this host signs with key {key_id}, but the log's current key is {current}: "
+        "install the current key file on this host",
+        key_id=key_id,
+        current=current,
+    )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ledger.tlog.hashing import EMPTY_ROOT, leaf_hash, node_hash, split_point
 
 # A node id fits one signed 64-bit integer: level in the top bits, index below.
-_INDEX_BITS = 48
+INDEX_BITS = 48
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -35,11 +35,11 @@ class NodeId:
 
     def as_int(self) -> int:
         """Packs the id into one integer (the storage key)."""
-        return (self.level << _INDEX_BITS) | self.index
+        return (self.level << INDEX_BITS) | self.index
 
     @staticmethod
     def from_int(value: int) -> NodeId:
-        return NodeId(value >> _INDEX_BITS, value & ((1 << _INDEX_BITS) - 1))
+        return NodeId(value >> INDEX_BITS, value & ((1 << INDEX_BITS) - 1))
 
 
 def range_nodes(begin: int, end: int) -> list[NodeId]:

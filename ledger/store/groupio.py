@@ -1,0 +1,220 @@
+"""What an append group reads and writes under the append lock, in as few round trips as possible.
+
+An append leader holds the lock (every host's appends wait on it) for as long as its round trips
+to the database take, and each round trip costs it the GIL again while the worker's other threads
+run: their number, more than their size, sets how long the lock is held. So on PostgreSQL both
+halves of a group are pipelined (psycopg's pipeline mode):
+- `read`: the lock, the log's size with the frontier of its tree, the signing keys, the last stored
+  checkpoint, and the owners and dedup keys the group's entries name: one round trip;
+- `write`: the entry, payload, tree-node and owner rows (one `INSERT ... SELECT FROM unnest(...)`
+  per table, whatever the group's size), the erasures, and COMMIT: one round trip.
+SQLite runs in process, where a statement costs no round trip: `GenericGroupIO` reads and writes
+one statement at a time through SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import DBAPIError
+from sqlmodel import Session, col
+
+from ledger.store.db import SEQUENCER_LOCK_KEY, Database, bulk_insert, chunks
+from ledger.store.models import EntryPayload, LogEntry, SigningKey, StoredCheckpoint, SubjectOwner
+from ledger.store.sequencer import HEADER_COLUMNS, AppendedEntry, PendingRows, Sequencer, header_from_columns
+from ledger.store.tree import fetch_nodes, tree_size
+from ledger.tlog.tree import INDEX_BITS, NodeId, range_nodes
+
+
+@dataclass
+class GroupHead:
+    """The log as an append group finds it under the lock."""
+
+    size: int
+    frontier: dict[NodeId, bytes]  # the nodes of range_nodes(0, size)
+    keys: list[tuple[str, Any]]  # signing keys that are this host's or current: (key_id, valid_until)
+    last_checkpoint: tuple[int, str] | None  # (size, note) of the largest stored checkpoint
+    owners: dict[str, str]  # subject -> owner, for the subjects the group names
+    existing: dict[str, AppendedEntry]  # dedup key -> the entry holding it, for the group's keys
+
+
+def group_io(db: Database) -> GroupIO:
+    return GenericGroupIO() if db.is_sqlite else PostgresGroupIO()
+
+
+class GroupIO:
+    """Reads a group's head and writes its rows; `write` commits when `commits` is True."""
+
+    commits = False
+
+    def read(
+        self, session: Session, sequencer: Sequencer, *, key_id: str, subjects: Sequence[str], keys: Sequence[str]
+    ) -> GroupHead:
+        raise NotImplementedError
+
+    def write(self, session: Session, rows: PendingRows, owners: list[dict[str, Any]], erasing: list[int]) -> None:
+        raise NotImplementedError
+
+
+class GenericGroupIO(GroupIO):
+    """One statement at a time, through SQLAlchemy (SQLite: no round trips; its lock is the
+    IMMEDIATE transaction `Database.write` began)."""
+
+    def read(
+        self, session: Session, sequencer: Sequencer, *, key_id: str, subjects: Sequence[str], keys: Sequence[str]
+    ) -> GroupHead:
+        size = tree_size(session)
+        ids = range_nodes(0, size)
+        cached = sequencer.cached_frontier(size)
+        frontier = dict(zip(ids, cached, strict=True)) if cached is not None else fetch_nodes(session, ids)
+        key_rows = session.execute(
+            select(col(SigningKey.key_id), col(SigningKey.valid_until)).where(
+                (col(SigningKey.key_id) == key_id) | col(SigningKey.valid_until).is_(None)
+            )
+        ).all()
+        last = session.execute(
+            select(col(StoredCheckpoint.size), col(StoredCheckpoint.note))
+            .order_by(col(StoredCheckpoint.size).desc())
+            .limit(1)
+        ).first()
+        owners: dict[str, str] = {}
+        for part in chunks(subjects):
+            q = select(col(SubjectOwner.subject), col(SubjectOwner.owner)).where(col(SubjectOwner.subject).in_(part))
+            owners.update({str(s): str(o) for s, o in session.execute(q).all()})
+        existing: dict[str, AppendedEntry] = {}
+        for part in chunks(keys):
+            q = select(*HEADER_COLUMNS, LogEntry.leaf_hash, LogEntry.dedup_key).where(col(LogEntry.dedup_key).in_(part))
+            existing.update({r[7]: _appended(r) for r in session.execute(q)})
+        return GroupHead(
+            size=size,
+            frontier=frontier,
+            keys=[(str(k), until) for k, until in key_rows],
+            last_checkpoint=None if last is None else (int(last[0]), str(last[1])),
+            owners=owners,
+            existing=existing,
+        )
+
+    def write(self, session: Session, rows: PendingRows, owners: list[dict[str, Any]], erasing: list[int]) -> None:
+        Sequencer.flush(session, rows)
+        if owners:
+            bulk_insert(session, SubjectOwner.__table__, owners)  # type: ignore[attr-defined]
+        if erasing:  # allowed by the database once the erasure entries are in the table
+            session.execute(delete(EntryPayload).where(col(EntryPayload.seq).in_(erasing)))
+            # The erased event's dedup key would answer a repeat of it with this seq: dropped.
+            session.execute(
+                update(LogEntry)
+                .where(col(LogEntry.seq).in_(erasing), col(LogEntry.dedup_key).is_not(None))
+                .values(dedup_key=None)
+            )
+
+
+# The log's size and the nodes of its frontier, range_nodes(0, size): for each bit L set in the
+# size, the perfect subtree at level L whose index is (size >> (L + 1)) << 1 (ledger.tlog.tree).
+_FRONTIER = f"""
+WITH head AS (SELECT coalesce(max(seq) + 1, 0) AS size FROM log_entries)
+SELECT head.size, t.node_id, t.hash FROM head LEFT JOIN tree_nodes t ON t.node_id IN (
+    SELECT (b::bigint << {INDEX_BITS}) | ((head.size >> (b + 1)) << 1)
+    FROM generate_series(0, 62) AS b WHERE (head.size >> b) & 1 = 1)
+"""  # noqa: S608 (our constant, not input)
+_KEYS = "SELECT key_id, valid_until FROM signing_keys WHERE key_id = %b OR valid_until IS NULL"
+_LAST_CHECKPOINT = "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1"
+_OWNERS = "SELECT subject, owner FROM subject_owners WHERE subject = ANY(%b)"
+_EXISTING = (
+    "SELECT seq, kind, subject, integrated_time, principal, payload_digest, leaf_hash, dedup_key "
+    "FROM log_entries WHERE dedup_key = ANY(%b)"
+)
+_INSERT_ENTRIES = (
+    "INSERT INTO log_entries (seq, kind, subject, integrated_time, principal, payload_digest, leaf_hash, dedup_key) "
+    "SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bytea[], "
+    "%b::text[])"
+)
+_INSERT_PAYLOADS = (
+    "INSERT INTO entry_payloads (seq, salt, payload) SELECT * FROM unnest(%b::bigint[], %b::bytea[], %b::text[])"
+)
+_INSERT_NODES = "INSERT INTO tree_nodes (node_id, hash) SELECT * FROM unnest(%b::bigint[], %b::bytea[])"
+_INSERT_OWNERS = (
+    "INSERT INTO subject_owners (subject, owner, seq) SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[])"
+)
+_ERASE_PAYLOADS = "DELETE FROM entry_payloads WHERE seq = ANY(%b)"
+_ERASE_DEDUP = "UPDATE log_entries SET dedup_key = NULL WHERE seq = ANY(%b) AND dedup_key IS NOT NULL"
+
+_ENTRY_COLUMNS = ("seq", "kind", "subject", "integrated_time", "principal", "payload_digest", "leaf_hash", "dedup_key")
+
+
+class PostgresGroupIO(GroupIO):
+    """Each half in one round trip (psycopg pipeline mode); the transaction is the session's, begun
+    by `Database.write(lock=False)`: the lock is the first statement of `read`."""
+
+    commits = True
+
+    def read(
+        self, session: Session, sequencer: Sequencer, *, key_id: str, subjects: Sequence[str], keys: Sequence[str]
+    ) -> GroupHead:
+        with _driver(session) as raw, raw.pipeline():
+            raw.execute("SELECT pg_advisory_xact_lock(%s)", (SEQUENCER_LOCK_KEY,))
+            frontier_cur = raw.execute(_FRONTIER)
+            keys_cur = raw.execute(_KEYS, (key_id,))
+            last_cur = raw.execute(_LAST_CHECKPOINT)
+            owners_cur = raw.execute(_OWNERS, (list(subjects),)) if subjects else None
+            existing_cur = raw.execute(_EXISTING, (list(keys),)) if keys else None
+            found = frontier_cur.fetchall()
+            last = last_cur.fetchone()
+            key_rows = keys_cur.fetchall()
+            owner_rows = owners_cur.fetchall() if owners_cur is not None else []
+            existing_rows = existing_cur.fetchall() if existing_cur is not None else []
+        size = int(found[0][0])
+        by_id = {int(r[1]): bytes(r[2]) for r in found if r[1] is not None}
+        ids = range_nodes(0, size)
+        missing = [n.as_int() for n in ids if n.as_int() not in by_id]
+        if missing:
+            raise LookupError(f"tree nodes missing from the store: {missing[:5]}")
+        return GroupHead(
+            size=size,
+            frontier={n: by_id[n.as_int()] for n in ids},
+            keys=[(str(k), until) for k, until in key_rows],
+            last_checkpoint=None if last is None else (int(last[0]), str(last[1])),
+            owners={str(s): str(o) for s, o in owner_rows},
+            existing={r[7]: _appended(r) for r in existing_rows},
+        )
+
+    def write(self, session: Session, rows: PendingRows, owners: list[dict[str, Any]], erasing: list[int]) -> None:
+        with _driver(session) as raw, raw.pipeline():
+            if rows.entries:
+                raw.execute(_INSERT_ENTRIES, [[e[c] for e in rows.entries] for c in _ENTRY_COLUMNS])
+                raw.execute(_INSERT_PAYLOADS, [[p[c] for p in rows.payloads] for c in ("seq", "salt", "payload")])
+                raw.execute(_INSERT_NODES, ([n.as_int() for n, _ in rows.nodes], [h for _, h in rows.nodes]))
+            if owners:
+                raw.execute(_INSERT_OWNERS, [[o[c] for o in owners] for c in ("subject", "owner", "seq")])
+            if erasing:  # allowed by the database once the erasure entries are in the table
+                raw.execute(_ERASE_PAYLOADS, (erasing,))
+                # The erased event's dedup key would answer a repeat of it with this seq: dropped.
+                raw.execute(_ERASE_DEDUP, (erasing,))
+            raw.commit()
+        rows.entries, rows.payloads, rows.nodes = [], [], []
+
+
+def _appended(r: Sequence[Any]) -> AppendedEntry:
+    return AppendedEntry(header=header_from_columns(r), leaf_hash=bytes(r[6]), payload=None)
+
+
+@contextmanager
+def _driver(session: Session) -> Iterator[Any]:
+    """The session's psycopg connection, its errors raised as SQLAlchemy's would be (`DBAPIError`,
+    the connection invalidated when it was lost), so faults are told apart as for any statement
+    (ledger.store.faults)."""
+    import psycopg  # here: a SQLite deployment never loads the driver
+
+    conn = session.connection()
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    try:
+        yield raw
+    except psycopg.Error as e:
+        lost = conn.dialect.is_disconnect(e, conn.connection.dbapi_connection, None)
+        if lost:
+            conn.invalidate(e)
+        raise DBAPIError.instance(None, None, e, psycopg.Error, connection_invalidated=lost) from e
