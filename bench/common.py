@@ -380,6 +380,7 @@ def running_server(
     workers: int = 2,
     env: dict[str, str] | None = None,
     sqlite: bool = False,
+    threads: int | None = None,
 ) -> Iterator[Server]:
     """A server on a fresh PostgreSQL database (or on `database_url`, or with `sqlite` on a fresh
     SQLite file in its data dir); stopped and dropped after. `env` adds environment variables for
@@ -389,6 +390,7 @@ def running_server(
         srv = Server(
             database_url=f"sqlite:///{data_dir / 'ledger.db'}",
             workers=workers,
+            threads=threads,
             data_dir=data_dir,
             extra_env=dict(env or {}),
         )
@@ -399,10 +401,10 @@ def running_server(
             srv.stop()
         return
     if database_url is None:
-        with pg_database() as url, running_server(url, workers=workers, env=env) as srv:
+        with pg_database() as url, running_server(url, workers=workers, env=env, threads=threads) as srv:
             yield srv
         return
-    srv = Server(database_url=database_url, workers=workers, extra_env=dict(env or {}))
+    srv = Server(database_url=database_url, workers=workers, threads=threads, extra_env=dict(env or {}))
     try:
         srv.start()
         yield srv
