@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import bindparam, delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from ledger.errors import AuthenticationError, ConflictError, InvalidRequestError, NotFoundError, RateLimitedError
@@ -92,6 +92,16 @@ def _split(value: str) -> frozenset[str]:
 
 def _to_authenticated(p: Principal) -> AuthenticatedPrincipal:
     return AuthenticatedPrincipal(p.name, _split(p.roles), _split(p.namespaces), _split(p.clearances))
+
+
+_BY_TOKEN = select(
+    Principal.name,  # type: ignore[call-overload]
+    Principal.roles,
+    Principal.namespaces,
+    Principal.clearances,
+    Principal.token_hash,
+    Principal.disabled,
+).where(Principal.token_hash == bindparam("digest"))
 
 
 class PrincipalStore:
@@ -180,11 +190,10 @@ class PrincipalStore:
         if not token:
             raise AuthenticationError("missing bearer token (Authorization: Bearer <token>)")
         digest = hash_token(token)
-        with self.db.read() as session:
-            query = select(Principal).where(Principal.token_hash == digest)
-            row = session.execute(query).scalar_one_or_none()
-            if row is not None and not row.disabled and hmac.compare_digest(row.token_hash, digest):
-                return _to_authenticated(row)
+        with self.db.statement() as conn:  # one statement, no transaction: every request pays it
+            row = conn.execute(_BY_TOKEN, {"digest": digest}).first()
+        if row is not None and not row.disabled and hmac.compare_digest(row.token_hash, digest):
+            return AuthenticatedPrincipal(row.name, _split(row.roles), _split(row.namespaces), _split(row.clearances))
         if self._fail(client) > self.max_failures:
             raise RateLimitedError(
                 f"too many failed authentication attempts; retry after {int(self.window)} s",
