@@ -367,6 +367,18 @@ def bench_statements(rt: Any) -> dict[str, Any]:
     rt.projector.sync_to_head(timeout=600)  # the fill's backlog, not counted
     log(f"  projected the fill's backlog in {time.perf_counter() - t0:.1f} s")
     event.listen(rt.db.engine, "before_cursor_execute", count)
+    # The append group speaks to psycopg directly (ledger.store.groupio, pipelined): counted too.
+    raw_execute = None
+    if not rt.db.is_sqlite:
+        import psycopg
+
+        raw_execute = psycopg.Connection.execute
+
+        def counted(conn: Any, *a: Any, **k: Any) -> Any:
+            counter[0] += 1
+            return raw_execute(conn, *a, **k)
+
+        psycopg.Connection.execute = counted  # type: ignore[method-assign]
 
     def project(n: int) -> dict[str, Any]:
         counter[0] = 0
@@ -432,6 +444,10 @@ def bench_statements(rt: Any) -> dict[str, Any]:
         out["validate_event_us"] = round((time.perf_counter() - t0) / 500 * 1e6, 1)
     finally:
         event.remove(rt.db.engine, "before_cursor_execute", count)
+        if raw_execute is not None:
+            import psycopg
+
+            psycopg.Connection.execute = raw_execute  # type: ignore[method-assign]
     return out
 
 

@@ -116,9 +116,11 @@ class GenericGroupIO(GroupIO):
 # size, the perfect subtree at level L whose index is (size >> (L + 1)) << 1 (ledger.tlog.tree).
 _FRONTIER = f"""
 WITH head AS (SELECT coalesce(max(seq) + 1, 0) AS size FROM log_entries)
-SELECT head.size, t.node_id, t.hash FROM head LEFT JOIN tree_nodes t ON t.node_id IN (
-    SELECT (b::bigint << {INDEX_BITS}) | ((head.size >> (b + 1)) << 1)
-    FROM generate_series(0, 62) AS b WHERE (head.size >> b) & 1 = 1)
+SELECT size, NULL::bigint, NULL::bytea FROM head
+UNION ALL
+SELECT head.size, t.node_id, t.hash FROM head CROSS JOIN generate_series(0, 62) AS b
+JOIN tree_nodes t ON t.node_id = (b::bigint << {INDEX_BITS}) | ((head.size >> (b + 1)) << 1)
+WHERE (head.size >> b) & 1 = 1
 """  # noqa: S608 (our constant, not input)
 _KEYS = "SELECT key_id, valid_until FROM signing_keys WHERE key_id = %b OR valid_until IS NULL"
 _LAST_CHECKPOINT = "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1"
