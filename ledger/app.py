@@ -62,8 +62,12 @@ def openapi_document(api: Api) -> dict[str, Any]:
     return doc
 
 
-def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Flask:
-    """Builds the app; the database must already be migrated (`ledger init`)."""
+def create_app(
+    settings: Settings | None = None, *, runtime: Runtime | None = None, start_applier: bool = True
+) -> Flask:
+    """Builds the app; the database must already be migrated (`ledger init`). `start_applier`: run
+    the projections' background applier in this process (`ledger serve` runs one process for it
+    instead: ledger/applier.py)."""
     rt = runtime or build_runtime(settings or Settings.from_env())
     app = Flask("ledger")
     app.config.update(
@@ -95,7 +99,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.register_blueprint(ops.bp)
     app.register_blueprint(console_bp)  # the auditor's console at /console/, its data through the API
     register_error_handlers(app)  # after Api(): ours replace flask-smorest's JSON errors
-    rt.projector.start()  # this process's applier; `rt.close()` stops it
+    if start_applier:
+        rt.projector.start()  # this process's applier; `rt.close()` stops it
 
     @app.get("/api/v1/openapi.json")
     def openapi_json() -> Response:

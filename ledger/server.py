@@ -19,14 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from ledger.config import Settings
 from ledger.lifeline import PARENT_ENV
+
+log = logging.getLogger("ledger.server")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -34,8 +38,45 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# The numbers the workers need from `ledger serve`'s options (the workers are forked, so they see it).
+# What the workers need from `ledger serve` (the workers are forked, so they see it).
 _THREADS_ENV = "LEDGER_SERVE_THREADS"
+_APPLIER_ENV = "LEDGER_SERVE_APPLIER"  # set: an applier process runs beside the workers
+
+
+class _Children:
+    """The master's own child processes (scheduler, applier); those started with `keep_alive` are
+    started again, within a second, when they exit while the server runs."""
+
+    def __init__(self) -> None:
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._kept: set[str] = set()
+        self._stopping = threading.Event()
+        self._watch: threading.Thread | None = None
+
+    def start(self, module: str, *, keep_alive: bool = False) -> None:
+        self._procs[module] = subprocess.Popen(child_command(module))  # noqa: S603 (our own module)
+        if keep_alive:
+            self._kept.add(module)
+            if self._watch is None:
+                self._watch = threading.Thread(target=self._keep, name="ledger-children", daemon=True)
+                self._watch.start()
+
+    def _keep(self) -> None:
+        while not self._stopping.wait(1.0):
+            for module in sorted(self._kept):
+                if self._procs[module].poll() is not None and not self._stopping.is_set():
+                    log.warning("%s exited with status %s; starting it again", module, self._procs[module].returncode)
+                    self._procs[module] = subprocess.Popen(child_command(module))  # noqa: S603
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for proc in self._procs.values():
+            proc.terminate()
+        for proc in self._procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def child_command(module: str, *args: str) -> list[str]:
@@ -160,7 +201,8 @@ def asgi_app() -> AsgiApp:
     configure_logging()  # one line per record, JSON with LEDGER_LOG_FORMAT=json
     settings = Settings.from_env()
     threads = int(os.environ.get(_THREADS_ENV, "8"))
-    wsgi = WSGIMiddleware(create_app(settings), workers=threads)  # type: ignore[arg-type]
+    app = create_app(settings, start_applier=not os.environ.get(_APPLIER_ENV))
+    wsgi = WSGIMiddleware(app, workers=threads)  # type: ignore[arg-type]
     buffered = BufferedBody(wsgi, max_bytes=settings.max_body_bytes, seconds=settings.body_timeout_seconds)  # type: ignore[arg-type]
     return ClientLimit(buffered, limit=settings.max_requests_per_client)
 
@@ -170,23 +212,18 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int, thread
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
 
-    scheduler: list[subprocess.Popen[bytes]] = []
+    children = _Children()
 
-    def start_scheduler() -> None:
-        # One scheduler per host, as a process of its own: the master itself holds no database
-        # connection, since every worker it forks would inherit it (fatal for SQLite's locks). The
-        # job's lease row then makes it one run per deployment.
+    def start_children() -> None:
+        # One scheduler and one applier per host, each a process of its own: the master itself holds
+        # no database connection, since every worker it forks would inherit it (fatal for SQLite's
+        # locks). The job's lease row makes the scheduler's jobs one run per deployment, and the
+        # projector lock the applier's batches (ledger/applier.py).
         if settings.run_scheduler:
-            scheduler.append(subprocess.Popen(child_command("ledger.jobs")))  # noqa: S603 (our own module)
+            children.start("ledger.jobs")
+        children.start("ledger.applier", keep_alive=True)
 
-    def stop_scheduler() -> None:
-        for proc in scheduler:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
+    os.environ[_APPLIER_ENV] = "1"  # the workers leave applying to the applier process
     os.environ[_THREADS_ENV] = str(threads)
     os.environ[PARENT_ENV] = str(os.getpid())  # the workers and the scheduler die with this process
     server = Granian(
@@ -204,6 +241,6 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int, thread
         workers_kill_timeout=10,
         log_access=False,
     )
-    server.on_startup(start_scheduler)
-    server.on_shutdown(stop_scheduler)
+    server.on_startup(start_children)
+    server.on_shutdown(children.stop)
     server.serve()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -403,3 +404,53 @@ def test_master_killed_under_load_leaves_no_process_and_serves_again_within_seco
     while any(_alive(c) for c in survivors):
         assert time.monotonic() < deadline, "a child outlived a stopped server"
         time.sleep(0.05)
+
+
+def _applier(srv: Server) -> int | None:
+    for pid in _children(srv.proc.pid):
+        try:
+            if b"ledger.applier" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+        except OSError:
+            continue
+    return None
+
+
+def _lag(srv: Server) -> dict[str, int]:
+    return requests.get(f"{srv.url}/readyz", timeout=10).json()["projection_lag"]
+
+
+def _wait_applied(srv: Server, seconds: float) -> float:
+    """Seconds until every projection and follower has applied the log (no read asks them to)."""
+    start = time.monotonic()
+    while any(_lag(srv).values()):
+        assert time.monotonic() - start < seconds, f"projections still behind: {_lag(srv)}"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def test_projections_follow_in_an_applier_process_that_comes_back_when_killed(
+    tmp_path: Path, database_url: str
+) -> None:
+    """`ledger serve` applies the projections in one process of its own, not in its workers: entries
+    posted are applied (every projection and the violation screen) with no read asking for them, and
+    an applier killed with SIGKILL is started again."""
+    srv = start_server(tmp_path, database_url, workers=2)
+    try:
+        token = srv.add_principal("etl", "pipeline")
+        first = _applier(srv)
+        assert first is not None, "no applier process beside the workers"
+        for _ in range(5):
+            assert _post(srv, token, run_event()).status_code == 201
+        _wait_applied(srv, 10)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while (again := _applier(srv)) in (None, first):
+            assert time.monotonic() < deadline, "the applier was not started again"
+            time.sleep(0.1)
+        assert _post(srv, token, run_event()).status_code == 201
+        assert _wait_applied(srv, 10) < 10
+        marks = _lag(srv)
+        assert set(marks) >= {"violations"} and not any(marks.values())
+    finally:
+        stop_server(srv)

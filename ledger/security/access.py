@@ -134,26 +134,29 @@ def violation_screen(ledger: Ledger, *, policy_digest: str, clearances_of: Calla
     principal, citing the event's seq. It decides on the tags the projections hold once they have
     applied the event, and costs one query per batch while no dataset carries a tag."""
 
-    def consume(entries: list[tuple[EntryHeader, Any]]) -> None:
+    def decide(session: Session, entries: list[tuple[EntryHeader, Any]]) -> list[PendingEntry]:
         runs = [(h, p) for h, p in entries if h.kind == "openlineage.run_event" and p and p.get("inputs")]
-        if not runs:
-            return
-        with ledger.db.read() as session:
-            if not any_tags(session):
-                return
-            by_poster: dict[str, list[tuple[EntryHeader, Any]]] = {}
-            for h, p in runs:
-                by_poster.setdefault(h.principal, []).append((h, p))
-            found = [
-                v
-                for poster, events in sorted(by_poster.items())
-                for v in intake_violations(session, events, poster, clearances_of(poster), policy_digest)
-            ]
-        if found:  # dedup keys: a screen run twice over the same events appends nothing twice
-            ledger.append(found)
+        if not runs or not any_tags(session):
+            return []
+        by_poster: dict[str, list[tuple[EntryHeader, Any]]] = {}
+        for h, p in runs:
+            by_poster.setdefault(h.principal, []).append((h, p))
+        return [
+            v
+            for poster, events in sorted(by_poster.items())
+            for v in intake_violations(session, events, poster, clearances_of(poster), policy_digest)
+        ]
+
+    def act(found: list[PendingEntry]) -> None:
+        ledger.append(found)  # dedup keys: a screen run twice over the same events appends nothing twice
 
     return Follower(
-        "violations", frozenset({"openlineage.run_event"}), consume, acts_on=_reads_data, changes=_may_change_tags
+        "violations",
+        frozenset({"openlineage.run_event"}),
+        decide,
+        act,
+        acts_on=_reads_data,
+        changes=_may_change_tags,
     )
 
 

@@ -176,8 +176,9 @@ class Database:
     def write(self, *, lock: bool = True) -> Iterator[Session]:
         """A transaction holding the sequencer lock; commits on success, rolls back on error.
 
-        `lock=False` leaves taking the lock on PostgreSQL to the caller, as the first statement of the
-        transaction (an append group pipelines it with its reads: `ledger.store.groupio`)."""
+        `lock=False`: no sequencer lock on PostgreSQL; the caller takes it as the first statement of
+        the transaction (an append group pipelines it with its reads: `ledger.store.groupio`), or
+        needs none (a row only the holder of another lock writes). SQLite has one writer anyway."""
         with Session(self._write_engine) as session, session.begin():
             if lock and not self.is_sqlite:
                 session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SEQUENCER_LOCK_KEY})

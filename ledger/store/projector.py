@@ -60,17 +60,20 @@ def _never(_h: EntryHeader, _p: Any) -> bool:
 
 @dataclass(frozen=True)
 class Follower:
-    """A consumer that acts on entries outside the projection transaction (idempotently).
+    """A consumer that acts on entries by appending entries of its own (idempotently: dedup keys).
 
-    It decides on the projections as they stand right after the batch holding the entry: the
-    projector applies no further batch until every follower has consumed the last one, and it ends a
-    batch before any entry that `changes` what a follower decides on for an earlier entry it
-    `acts_on`. So a follower sees each entry it acts on as of that entry, whatever the batching.
+    `decide` reads the projections as they stand right after the batch holding the entries, and
+    returns what to append; `act` appends it. The projector applies no further batch until every
+    follower has consumed the last one, and it ends a batch before any entry that `changes` what a
+    follower decides on for an earlier entry it `acts_on`. So a follower sees each entry it acts on
+    as of that entry, whatever the batching. When a follower decides to append nothing (the common
+    case), its watermark moves in the batch's own transaction.
     """
 
     name: str
     kinds: frozenset[str]
-    consume: Callable[[Entries], None]
+    decide: Callable[[Session, Entries], Sequence[Any]]
+    act: Callable[[Sequence[Any]], None]
     acts_on: Callable[[EntryHeader, Any], bool] = _never
     changes: Callable[[EntryHeader, Any], bool] = _never
 
@@ -200,11 +203,19 @@ class Projector:
                         continue
                     p.apply(session, [(h, pl) for h, pl in entries if h.seq >= mark and h.kind in p.kinds])
                     moved.append(p.name)
+                # A follower caught up to this batch decides on it here, on the state it leaves; one
+                # that appends nothing moves with the batch, the others act once it has committed.
+                caught_up = all(marks[p.name] <= end for p in self.projections)
+                for f in self.followers:
+                    mine = [(h, pl) for h, pl in entries if h.kind in f.kinds]
+                    if caught_up and marks[f.name] == start and not f.decide(session, mine):
+                        moved.append(f.name)
                 _set_marks(session, moved, end)
+                marks.update(dict.fromkeys(moved, end))
                 recent = _Recent(start, end, head, entries)
             else:
                 recent = None
-        self._follow(recent)  # (3) at once, before another batch can change what they see
+        self._follow(recent, known=marks if recent is not None else None)  # (3) at once, before another batch
         return True
 
     def _erasure(
@@ -269,8 +280,11 @@ class Projector:
                         entries = [(h, pl) for h, pl in recent.entries if mark <= h.seq < end and h.kind in f.kinds]
                     else:
                         entries = _read(s, mark, end, kinds=f.kinds)
-                f.consume(entries)
-                with self.db.write() as session:  # the projector lock is ours: no applier moves it
+                    decided = f.decide(s, entries)
+                if decided:
+                    f.act(decided)
+                # The projector lock is ours: no applier moves this watermark, and no append lock is needed.
+                with self.db.write(lock=False) as session:
                     if self.watermarks(session)[f.name] == mark:
                         _set_mark(session, f.name, end)
             did = True
