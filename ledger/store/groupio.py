@@ -114,33 +114,41 @@ class GenericGroupIO(GroupIO):
 
 # The log's size and the nodes of its frontier, range_nodes(0, size): for each bit L set in the
 # size, the perfect subtree at level L whose index is (size >> (L + 1)) << 1 (ledger.tlog.tree).
-_FRONTIER = f"""
+# Everything a group reads under the lock, in one statement (the lock is the statement before it:
+# taken inside, it would come after the statement's snapshot). The log's size, and the nodes of its
+# frontier, range_nodes(0, size): for each bit L set in the size, the perfect subtree at level L
+# whose index is (size >> (L + 1)) << 1 (ledger.tlog.tree); the signing keys that are this host's
+# or current; the last stored checkpoint; the owners and the entries of the group's dedup keys.
+_HEAD = f"""
 WITH head AS (SELECT coalesce(max(seq) + 1, 0) AS size FROM log_entries)
-SELECT size, NULL::bigint, NULL::bytea FROM head
-UNION ALL
-SELECT head.size, t.node_id, t.hash FROM head CROSS JOIN generate_series(0, 62) AS b
-JOIN tree_nodes t ON t.node_id = (b::bigint << {INDEX_BITS}) | ((head.size >> (b + 1)) << 1)
-WHERE (head.size >> b) & 1 = 1
+SELECT head.size,
+    (SELECT coalesce(json_agg(json_build_array(t.node_id, encode(t.hash, 'hex'))), '[]')
+        FROM generate_series(0, 62) AS b
+        JOIN tree_nodes t ON t.node_id = (b::bigint << {INDEX_BITS}) | ((head.size >> (b + 1)) << 1)
+        WHERE (head.size >> b) & 1 = 1),
+    (SELECT coalesce(json_agg(json_build_array(key_id, valid_until)), '[]') FROM signing_keys
+        WHERE key_id = %b OR valid_until IS NULL),
+    (SELECT json_build_array(size, note) FROM checkpoints ORDER BY size DESC LIMIT 1),
+    (SELECT coalesce(json_agg(json_build_array(subject, owner)), '[]') FROM subject_owners
+        WHERE subject = ANY(%b)),
+    (SELECT coalesce(json_agg(json_build_array(
+            seq, kind, subject, integrated_time, principal, payload_digest, encode(leaf_hash, 'hex'), dedup_key)), '[]')
+        FROM log_entries WHERE dedup_key = ANY(%b))
+FROM head
 """  # noqa: S608 (our constant, not input)
-_KEYS = "SELECT key_id, valid_until FROM signing_keys WHERE key_id = %b OR valid_until IS NULL"
-_LAST_CHECKPOINT = "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1"
-_OWNERS = "SELECT subject, owner FROM subject_owners WHERE subject = ANY(%b)"
-_EXISTING = (
-    "SELECT seq, kind, subject, integrated_time, principal, payload_digest, leaf_hash, dedup_key "
-    "FROM log_entries WHERE dedup_key = ANY(%b)"
-)
-_INSERT_ENTRIES = (
-    "INSERT INTO log_entries (seq, kind, subject, integrated_time, principal, payload_digest, leaf_hash, dedup_key) "
-    "SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bytea[], "
-    "%b::text[])"
-)
-_INSERT_PAYLOADS = (
-    "INSERT INTO entry_payloads (seq, salt, payload) SELECT * FROM unnest(%b::bigint[], %b::bytea[], %b::text[])"
-)
-_INSERT_NODES = "INSERT INTO tree_nodes (node_id, hash) SELECT * FROM unnest(%b::bigint[], %b::bytea[])"
-_INSERT_OWNERS = (
-    "INSERT INTO subject_owners (subject, owner, seq) SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[])"
-)
+# Every row of a group in one statement (one INSERT ... SELECT FROM unnest per table, as CTEs).
+_INSERT = """
+WITH entries AS (
+    INSERT INTO log_entries (seq, kind, subject, integrated_time, principal, payload_digest, leaf_hash, dedup_key)
+    SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bytea[],
+        %b::text[])),
+payloads AS (
+    INSERT INTO entry_payloads (seq, salt, payload) SELECT * FROM unnest(%b::bigint[], %b::bytea[], %b::text[])),
+nodes AS (INSERT INTO tree_nodes (node_id, hash) SELECT * FROM unnest(%b::bigint[], %b::bytea[])),
+owners AS (
+    INSERT INTO subject_owners (subject, owner, seq) SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[]))
+SELECT 1
+"""
 _ERASE_PAYLOADS = "DELETE FROM entry_payloads WHERE seq = ANY(%b)"
 _ERASE_DEDUP = "UPDATE log_entries SET dedup_key = NULL WHERE seq = ANY(%b) AND dedup_key IS NOT NULL"
 
@@ -158,39 +166,36 @@ class PostgresGroupIO(GroupIO):
     ) -> GroupHead:
         with _driver(session) as raw, raw.pipeline():
             raw.execute("SELECT pg_advisory_xact_lock(%s)", (SEQUENCER_LOCK_KEY,))
-            frontier_cur = raw.execute(_FRONTIER)
-            keys_cur = raw.execute(_KEYS, (key_id,))
-            last_cur = raw.execute(_LAST_CHECKPOINT)
-            owners_cur = raw.execute(_OWNERS, (list(subjects),)) if subjects else None
-            existing_cur = raw.execute(_EXISTING, (list(keys),)) if keys else None
-            found = frontier_cur.fetchall()
-            last = last_cur.fetchone()
-            key_rows = keys_cur.fetchall()
-            owner_rows = owners_cur.fetchall() if owners_cur is not None else []
-            existing_rows = existing_cur.fetchall() if existing_cur is not None else []
-        size = int(found[0][0])
-        by_id = {int(r[1]): bytes(r[2]) for r in found if r[1] is not None}
+            size, frontier, key_rows, last, owner_rows, existing_rows = raw.execute(
+                _HEAD, (key_id, list(subjects), list(keys))
+            ).fetchone()
+        by_id = {int(node_id): bytes.fromhex(h) for node_id, h in frontier}
         ids = range_nodes(0, size)
         missing = [n.as_int() for n in ids if n.as_int() not in by_id]
         if missing:
             raise LookupError(f"tree nodes missing from the store: {missing[:5]}")
         return GroupHead(
-            size=size,
+            size=int(size),
             frontier={n: by_id[n.as_int()] for n in ids},
             keys=[(str(k), until) for k, until in key_rows],
             last_checkpoint=None if last is None else (int(last[0]), str(last[1])),
             owners={str(s): str(o) for s, o in owner_rows},
-            existing={r[7]: _appended(r) for r in existing_rows},
+            existing={r[7]: _appended([*r[:6], bytes.fromhex(r[6]), r[7]]) for r in existing_rows},
         )
 
     def write(self, session: Session, rows: PendingRows, owners: list[dict[str, Any]], erasing: list[int]) -> None:
         with _driver(session) as raw, raw.pipeline():
-            if rows.entries:
-                raw.execute(_INSERT_ENTRIES, [[e[c] for e in rows.entries] for c in _ENTRY_COLUMNS])
-                raw.execute(_INSERT_PAYLOADS, [[p[c] for p in rows.payloads] for c in ("seq", "salt", "payload")])
-                raw.execute(_INSERT_NODES, ([n.as_int() for n, _ in rows.nodes], [h for _, h in rows.nodes]))
-            if owners:
-                raw.execute(_INSERT_OWNERS, [[o[c] for o in owners] for c in ("subject", "owner", "seq")])
+            if rows.entries or owners:
+                raw.execute(
+                    _INSERT,
+                    [
+                        *([e[c] for e in rows.entries] for c in _ENTRY_COLUMNS),
+                        *([p[c] for p in rows.payloads] for c in ("seq", "salt", "payload")),
+                        [n.as_int() for n, _ in rows.nodes],
+                        [h for _, h in rows.nodes],
+                        *([o[c] for o in owners] for c in ("subject", "owner", "seq")),
+                    ],
+                )
             if erasing:  # allowed by the database once the erasure entries are in the table
                 raw.execute(_ERASE_PAYLOADS, (erasing,))
                 # The erased event's dedup key would answer a repeat of it with this seq: dropped.
