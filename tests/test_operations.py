@@ -445,7 +445,7 @@ def test_projections_follow_in_an_applier_process_that_comes_back_when_killed(
         _wait_applied(srv, 10)
         os.kill(first, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while (again := _applier(srv)) in (None, first):
+        while _applier(srv) in (None, first):
             assert time.monotonic() < deadline, "the applier was not started again"
             time.sleep(0.1)
         assert _post(srv, token, run_event()).status_code == 201

@@ -29,6 +29,8 @@ from ledger.store.sequencer import HEADER_COLUMNS, AppendedEntry, PendingRows, S
 from ledger.store.tree import fetch_nodes, tree_size
 from ledger.tlog.tree import INDEX_BITS, NodeId, range_nodes
 
+_T = LogEntry.__table__.c  # type: ignore[attr-defined]
+
 
 @dataclass
 class GroupHead:
@@ -87,8 +89,8 @@ class GenericGroupIO(GroupIO):
             owners.update({str(s): str(o) for s, o in session.execute(q).all()})
         existing: dict[str, AppendedEntry] = {}
         for part in chunks(keys):
-            q = select(*HEADER_COLUMNS, LogEntry.leaf_hash, LogEntry.dedup_key).where(col(LogEntry.dedup_key).in_(part))
-            existing.update({r[7]: _appended(r) for r in session.execute(q)})
+            rows = select(*HEADER_COLUMNS, _T.leaf_hash, _T.dedup_key).where(_T.dedup_key.in_(part))
+            existing.update({r[7]: _appended(r) for r in session.execute(rows)})
         return GroupHead(
             size=size,
             frontier=frontier,
@@ -221,7 +223,7 @@ def _driver(session: Session) -> Iterator[Any]:
     try:
         yield raw
     except psycopg.Error as e:
-        lost = conn.dialect.is_disconnect(e, conn.connection.dbapi_connection, None)
+        lost = conn.dialect.is_disconnect(e, conn.connection.dbapi_connection, None)  # type: ignore[arg-type]
         if lost:
             conn.invalidate(e)
         raise DBAPIError.instance(None, None, e, psycopg.Error, connection_invalidated=lost) from e
