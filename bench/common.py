@@ -181,7 +181,8 @@ class CpuMeter:
         s: dict[str, Any] = {"t": time.perf_counter(), "client": ru.ru_utime + ru.ru_stime}
         if self.server is not None:
             pids = self.server.pids()
-            s["server"] = {p: proc_cpu_seconds(p) for p in [pids["master"], *pids["workers"]]}
+            server = [pids["master"], *pids["workers"], *pids["applier"]]
+            s["server"] = {p: proc_cpu_seconds(p) for p in server}
             s["scheduler"] = {p: proc_cpu_seconds(p) for p in pids["scheduler"]}
         if self.dbname:
             s["pg"] = {p: proc_cpu_seconds(p) for p in pg_backend_pids(self.dbname)}
@@ -331,10 +332,13 @@ class Server:
         master = self.proc.pid
         kids = children(master)
         sched = [p for p in kids if "ledger.jobs" in cmdline(p)]
-        return {"master": master, "workers": [p for p in kids if p not in sched], "scheduler": sched}
+        applier = [p for p in kids if "ledger.applier" in cmdline(p)]
+        workers = [p for p in kids if p not in sched and p not in applier]
+        return {"master": master, "workers": workers, "applier": applier, "scheduler": sched}
 
     def memory(self) -> dict[str, Any]:
-        """VmRSS (and peak VmHWM) of the server (granian) master and each worker, and their sum, in MB."""
+        """VmRSS (and peak VmHWM) of the server (granian) master, each worker and the applier, and
+        their sum, in MB."""
         pids = self.pids()
 
         def mb(pid: int) -> dict[str, float]:
@@ -347,13 +351,16 @@ class Server:
 
         master = mb(pids["master"])
         workers = [mb(p) for p in pids["workers"]]
+        applier = [mb(p) for p in pids["applier"]]
         sched = [mb(p) for p in pids["scheduler"]]
-        total = master["rss_mb"] + sum(w["rss_mb"] for w in workers)
+        serving = [*workers, *applier]
+        total = master["rss_mb"] + sum(w["rss_mb"] for w in serving)
         return {
             "master": master,
             "workers": workers,
+            "applier": applier,
             "server_total_rss_mb": round(total, 1),
-            "server_total_pss_mb": round(master["pss_mb"] + sum(w["pss_mb"] for w in workers), 1),
+            "server_total_pss_mb": round(master["pss_mb"] + sum(w["pss_mb"] for w in serving), 1),
             "scheduler": sched,
             "total_with_scheduler_rss_mb": round(total + sum(s["rss_mb"] for s in sched), 1),
         }
@@ -858,7 +865,7 @@ def run_paced(
 
 @contextmanager
 def profiled(srv: Server, name: str, *, rate: int = 100, gil: bool | None = None) -> Iterator[dict[str, Any]]:
-    """Samples every server worker with py-spy (`.venv/bin/pip install py-spy`) while the body
+    """Samples every server worker and the applier with py-spy (`.venv/bin/pip install py-spy`) while the body
     runs; afterwards the yielded dict holds the top frames (`summarise_profile`) and the paths of
     the collapsed stacks (bench/results/profile-<name>-<pid>.txt, loadable in speedscope).
 
@@ -875,7 +882,8 @@ def profiled(srv: Server, name: str, *, rate: int = 100, gil: bool | None = None
         return
     RESULTS_DIR.mkdir(exist_ok=True)
     procs = []
-    for pid in srv.pids()["workers"]:
+    pids = srv.pids()
+    for pid in [*pids["workers"], *pids["applier"]]:
         path = RESULTS_DIR / f"profile-{name}{'-gil' if gil else ''}-{pid}.txt"
         cmd = [str(exe), "record", "-r", str(rate), "-f", "raw", "-o", str(path), "--pid", str(pid)]
         if gil:

@@ -202,7 +202,7 @@ def print_summary(r: dict[str, Any]) -> None:
                 f"caught up in {pa['seconds']} s ({pa['entries_per_s'] or 0:,.0f}/s)"
             )
     print(
-        "  (cpu columns in cores: load client, server master+workers, our PostgreSQL backends, whole machine;"
+        "  (cpu columns in cores: load client, server master+workers+applier, our PostgreSQL backends, whole machine;"
         " batch latencies are per request)"
     )
     m = r.get("memory_after")
@@ -210,7 +210,8 @@ def print_summary(r: dict[str, Any]) -> None:
         workers = ", ".join(f"{w['rss_mb']:.0f}" for w in m["workers"])
         print(
             f"  server RSS after intake: master {m['master']['rss_mb']:.0f} MB + workers "
-            f"[{workers}] MB = {m['server_total_rss_mb']:.0f} MB "
+            f"[{workers}] MB + applier {sum(a['rss_mb'] for a in m.get('applier', [])):.0f} MB "
+            f"= {m['server_total_rss_mb']:.0f} MB "
             f"(PSS {m['server_total_pss_mb']:.0f} MB)"
         )
     print(f"  targets: single >= {SINGLE_TARGET:,}/s and p99 <= 50 ms at 16 conns, batch >= {BATCH_TARGET:,}/s")

@@ -212,7 +212,8 @@ def print_summary(r: dict[str, Any]) -> None:
     workers = ", ".join(f"{w['rss_mb']:.0f}" for w in m["workers"])
     sched = ", ".join(f"{s['rss_mb']:.0f}" for s in m["scheduler"])
     print(
-        f"  RSS: master {m['master']['rss_mb']:.0f} MB + workers [{workers}] MB = "
+        f"  RSS: master {m['master']['rss_mb']:.0f} MB + workers [{workers}] MB + applier "
+        f"{sum(a['rss_mb'] for a in m.get('applier', [])):.0f} MB = "
         f"{m['server_total_rss_mb']:.0f} MB (PSS {m['server_total_pss_mb']:.0f} MB; "
         f"scheduler process apart: {sched} MB)"
     )
