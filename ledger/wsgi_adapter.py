@@ -16,7 +16,8 @@ fails, and when the client goes away. granian's `send` to a gone client just ret
 client is watched: `receive`, after the body, answers `http.disconnect` when it goes.
 
 An exception out of the app before anything was sent is a 500 problem+json; after the headers went
-out, the response can only end early. Both are logged.
+out, the response ends without its last chunk, so the client sees it cut, not complete. Both are
+logged, with the request's id.
 """
 
 from __future__ import annotations
