@@ -108,7 +108,8 @@ class BufferedBody:
             await self.app(scope, receive, send)
             return
         try:
-            chunks = await asyncio.wait_for(self._read(receive), timeout=self.seconds)
+            async with asyncio.timeout(self.seconds):  # not wait_for: no task of its own per request
+                chunks = await self._read(receive)
         except TimeoutError:
             detail = f"the request body took longer than {self.seconds:g} s to arrive"
             await send_problem(send, 408, "Request Timeout", detail)

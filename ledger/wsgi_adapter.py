@@ -187,12 +187,12 @@ class ThreadedWsgi:
                     break
                 await send({"type": "http.response.body", "body": exchange.take(), "more_body": not ended})
             if not ended:
-                log.info("client went away during %s %s", scope["method"], scope["path"])
+                context.run(log.info, "the client went away during %s %s", scope["method"], scope["path"])
         except asyncio.CancelledError:
             self._close_after(hop, context, exchange)  # the hop may still run: close once it ends
             raise
         except Exception:
-            context.run(log.exception, "the app failed midway on %s %s", scope["method"], scope["path"])
+            context.run(log.exception, "the response failed midway on %s %s", scope["method"], scope["path"])
         finally:
             gone.cancel()
         if not exchange.closed:
