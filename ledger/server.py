@@ -43,38 +43,46 @@ AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # What the workers need from `ledger serve` (the workers are forked, so they see it).
 _THREADS_ENV = "LEDGER_SERVE_THREADS"
 _APPLIER_ENV = "LEDGER_SERVE_APPLIER"  # set: an applier process runs beside the workers
+# The applier starts this long after the server: until then reads that need the projections apply
+# what they need themselves (`Projector.sync`), and the workers start without competing with it.
+APPLIER_DELAY_SECONDS = 2.0
 
 
 class _Children:
-    """The master's own child processes (scheduler, applier); those started with `keep_alive` are
-    started again, within a second, when they exit while the server runs."""
+    """The master's own child processes (scheduler, applier). A child it `keep`s is started a little
+    after the server (not to slow the workers' start, which a restarted service waits for) and again,
+    within a second, whenever it exits while the server runs."""
 
     def __init__(self) -> None:
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
-        self._kept: set[str] = set()
+        self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._watch: threading.Thread | None = None
 
-    def start(self, module: str, *, keep_alive: bool = False) -> None:
-        self._procs[module] = subprocess.Popen(child_command(module))  # noqa: S603 (our own module)
-        if keep_alive:
-            self._kept.add(module)
-            if self._watch is None:
-                self._watch = threading.Thread(target=self._keep, name="ledger-children", daemon=True)
-                self._watch.start()
+    def start(self, module: str) -> None:
+        with self._lock:
+            if not self._stopping.is_set():
+                self._procs[module] = subprocess.Popen(child_command(module))  # noqa: S603 (our own module)
 
-    def _keep(self) -> None:
-        while not self._stopping.wait(1.0):
-            for module in sorted(self._kept):
-                if self._procs[module].poll() is not None and not self._stopping.is_set():
-                    log.warning("%s exited with status %s; starting it again", module, self._procs[module].returncode)
-                    self._procs[module] = subprocess.Popen(child_command(module))  # noqa: S603
+    def keep(self, module: str, *, after: float) -> None:
+        def watch() -> None:
+            if self._stopping.wait(after):
+                return
+            self.start(module)
+            while not self._stopping.wait(1.0):
+                proc = self._procs[module]
+                if proc.poll() is not None and not self._stopping.is_set():
+                    log.warning("%s exited with status %s; starting it again", module, proc.returncode)
+                    self.start(module)
+
+        threading.Thread(target=watch, name=f"ledger-keep-{module}", daemon=True).start()
 
     def stop(self) -> None:
-        self._stopping.set()
-        for proc in self._procs.values():
+        with self._lock:
+            self._stopping.set()
+            procs = list(self._procs.values())
+        for proc in procs:
             proc.terminate()
-        for proc in self._procs.values():
+        for proc in procs:
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -228,7 +236,7 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int, thread
         # projector lock the applier's batches (ledger/applier.py).
         if settings.run_scheduler:
             children.start("ledger.jobs")
-        children.start("ledger.applier", keep_alive=True)
+        children.keep("ledger.applier", after=APPLIER_DELAY_SECONDS)
 
     os.environ[_APPLIER_ENV] = "1"  # the workers leave applying to the applier process
     os.environ[_THREADS_ENV] = str(threads)
