@@ -2,12 +2,12 @@
 
 An append leader holds the lock (every host's appends wait on it) for as long as its round trips
 to the database take, and each round trip costs it the GIL again while the worker's other threads
-run: their number, more than their size, sets how long the lock is held. So on PostgreSQL both
-halves of a group are pipelined (psycopg's pipeline mode):
-- `read`: the lock, the log's size with the frontier of its tree, the signing keys, the last stored
-  checkpoint, and the owners and dedup keys the group's entries name: one round trip;
-- `write`: the entry, payload, tree-node and owner rows (one `INSERT ... SELECT FROM unnest(...)`
-  per table, whatever the group's size), the erasures, and COMMIT: one round trip.
+run: their number, more than their size, sets how long the lock is held. So on PostgreSQL each
+half of a group is one psycopg pipeline, one round trip:
+- `read`: the lock, then one statement for the log's size with the frontier of its tree, the signing
+  keys, the last stored checkpoint, and the owners and dedup keys the group's entries name;
+- `write`: one statement for the entry, payload, tree-node and owner rows (an `INSERT ... SELECT
+  FROM unnest(...)` per table, as CTEs, whatever the group's size), the erasures, and COMMIT.
 SQLite runs in process, where a statement costs no round trip: `GenericGroupIO` reads and writes
 one statement at a time through SQLAlchemy.
 """
