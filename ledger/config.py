@@ -124,6 +124,9 @@ class Settings:
     policy_budget_seconds: float = DEFAULT_POLICY_BUDGET_SECONDS
     policy_processes: int = 2
     max_projection_lag: int = 10_000
+    # How often `ledger serve`'s applier process looks for entries to apply (ledger/applier.py): a
+    # longer wait makes larger batches (less CPU per entry) and a longer lag for what no read asks for.
+    applier_poll_seconds: float = 0.2
     # Intake refuses an `eventTime` before `event_time_min` or more than this many seconds past the
     # server's clock (ledger.lineage.events.EventTimeWindow; always within what Rego can parse).
     event_time_min: datetime = DEFAULT_EVENT_TIME_WINDOW.earliest
@@ -163,6 +166,7 @@ class Settings:
             policy_budget_seconds=_float_env(e, "LEDGER_POLICY_BUDGET_SECONDS", DEFAULT_POLICY_BUDGET_SECONDS, 0.1),
             policy_processes=_int_env(e, "LEDGER_POLICY_PROCESSES", 2, 1),
             max_projection_lag=_int_env(e, "LEDGER_MAX_PROJECTION_LAG", 10_000, 0),
+            applier_poll_seconds=_float_env(e, "LEDGER_APPLIER_POLL_SECONDS", 0.2, 0.01),
             event_time_min=_time_env(e, "LEDGER_EVENT_TIME_MIN", DEFAULT_EVENT_TIME_WINDOW.earliest),
             event_time_max_ahead_seconds=_int_env(
                 e,
