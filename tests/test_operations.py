@@ -454,3 +454,15 @@ def test_projections_follow_in_an_applier_process_that_comes_back_when_killed(
         assert set(marks) >= {"violations"} and not any(marks.values())
     finally:
         stop_server(srv)
+
+
+def test_the_applier_poll_interval_is_read_and_bounded(tmp_path: Path) -> None:
+    from ledger.config import Settings
+    from ledger.errors import ConfigurationError
+
+    env = {"LEDGER_DATA_DIR": str(tmp_path)}
+    assert Settings.from_env(env).applier_poll_seconds == 0.2
+    assert Settings.from_env({**env, "LEDGER_APPLIER_POLL_SECONDS": "0.5"}).applier_poll_seconds == 0.5
+    for bad in ("0", "abc", "inf"):
+        with pytest.raises(ConfigurationError, match="LEDGER_APPLIER_POLL_SECONDS"):
+            Settings.from_env({**env, "LEDGER_APPLIER_POLL_SECONDS": bad})
