@@ -23,6 +23,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import bindparam, delete, select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -90,7 +91,8 @@ def _split(value: str) -> frozenset[str]:
     return frozenset(v for v in value.split(",") if v)
 
 
-def _to_authenticated(p: Principal) -> AuthenticatedPrincipal:
+def _to_authenticated(p: Any) -> AuthenticatedPrincipal:
+    """A `Principal` row, or a row of its columns, as the caller it authenticates."""
     return AuthenticatedPrincipal(p.name, _split(p.roles), _split(p.namespaces), _split(p.clearances))
 
 
@@ -193,7 +195,7 @@ class PrincipalStore:
         with self.db.statement() as conn:  # one statement, no transaction: every request pays it
             row = conn.execute(_BY_TOKEN, {"digest": digest}).first()
         if row is not None and not row.disabled and hmac.compare_digest(row.token_hash, digest):
-            return AuthenticatedPrincipal(row.name, _split(row.roles), _split(row.namespaces), _split(row.clearances))
+            return _to_authenticated(row)
         if self._fail(client) > self.max_failures:
             raise RateLimitedError(
                 f"too many failed authentication attempts; retry after {int(self.window)} s",

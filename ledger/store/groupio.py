@@ -24,12 +24,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col
 
 from ledger.store.db import SEQUENCER_LOCK_KEY, Database, bulk_insert, chunks
-from ledger.store.models import EntryPayload, LogEntry, SigningKey, StoredCheckpoint, SubjectOwner
-from ledger.store.sequencer import HEADER_COLUMNS, AppendedEntry, PendingRows, Sequencer, header_from_columns
+from ledger.store.models import EntryPayload, LogEntry, SubjectOwner
+from ledger.store.sequencer import AppendedEntry, PendingRows, Sequencer, header_from_columns
+from ledger.store.signing import last_checkpoint, signing_key_rows
 from ledger.store.tree import fetch_nodes, tree_size
 from ledger.tlog.tree import INDEX_BITS, NodeId, range_nodes
-
-_T = LogEntry.__table__.c  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -73,29 +72,18 @@ class GenericGroupIO(GroupIO):
         ids = range_nodes(0, size)
         cached = sequencer.cached_frontier(size)
         frontier = dict(zip(ids, cached, strict=True)) if cached is not None else fetch_nodes(session, ids)
-        key_rows = session.execute(
-            select(col(SigningKey.key_id), col(SigningKey.valid_until)).where(
-                (col(SigningKey.key_id) == key_id) | col(SigningKey.valid_until).is_(None)
-            )
-        ).all()
-        last = session.execute(
-            select(col(StoredCheckpoint.size), col(StoredCheckpoint.note))
-            .order_by(col(StoredCheckpoint.size).desc())
-            .limit(1)
-        ).first()
         owners: dict[str, str] = {}
         for part in chunks(subjects):
             q = select(col(SubjectOwner.subject), col(SubjectOwner.owner)).where(col(SubjectOwner.subject).in_(part))
             owners.update({str(s): str(o) for s, o in session.execute(q).all()})
         existing: dict[str, AppendedEntry] = {}
         for part in chunks(keys):
-            rows = select(*HEADER_COLUMNS, _T.leaf_hash, _T.dedup_key).where(_T.dedup_key.in_(part))
-            existing.update({r[7]: _appended(r) for r in session.execute(rows)})
+            existing.update(Sequencer.existing(session, part))
         return GroupHead(
             size=size,
             frontier=frontier,
-            keys=[(str(k), until) for k, until in key_rows],
-            last_checkpoint=None if last is None else (int(last[0]), str(last[1])),
+            keys=signing_key_rows(session, key_id),
+            last_checkpoint=last_checkpoint(session),
             owners=owners,
             existing=existing,
         )

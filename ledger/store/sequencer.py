@@ -154,7 +154,7 @@ class Sequencer:
         own = rows is None
         buf = PendingRows() if rows is None else rows
         keys = [p.dedup_key for p in pending if p.dedup_key and p.dedup_key not in buf.seen]
-        buf.seen.update(self._existing(session, [k for k in keys if k not in buf.looked_up]))
+        buf.seen.update(self.existing(session, [k for k in keys if k not in buf.looked_up]))
         buf.looked_up.update(keys)
         compact = state.compact
         when = format_time(now)
@@ -213,7 +213,8 @@ class Sequencer:
         rows.entries, rows.payloads, rows.nodes = [], [], []
 
     @staticmethod
-    def _existing(session: Session, keys: list[str]) -> dict[str, AppendedEntry]:
+    def existing(session: Session, keys: list[str]) -> dict[str, AppendedEntry]:
+        """The entries holding any of these dedup keys (one query), by key."""
         if not keys:
             return {}
         rows = session.execute(select(*HEADER_COLUMNS, _T.leaf_hash, _T.dedup_key).where(_T.dedup_key.in_(keys)))

@@ -88,26 +88,14 @@ class Checkpoints:
     def require_current_key(self, session: Session, key_id: str) -> None:
         """Refuses to sign with a key the log has retired, or with one it does not know while another
         is current (a host that missed a rotation). A log with no registered key yet signs freely."""
-        rows = session.execute(
-            select(SigningKey.key_id, SigningKey.valid_until).where(  # type: ignore[call-overload]
-                (col(SigningKey.key_id) == key_id) | col(SigningKey.valid_until).is_(None)
-            )
-        ).all()
-        check_current_key([(str(k), until) for k, until in rows], key_id)
+        check_current_key(signing_key_rows(session, key_id), key_id)
 
     def require_consistent(self, session: Session, size: int, root: bytes, *, appending: bool = False) -> None:
         """Proves the tree (size, root) consistent with the last checkpoint this log stored, from the
         stored tree (RFC 9162 consistency proof); raises SplitViewError if it is not. A verified pair
         is remembered, so a repeated check costs one indexed read. `appending`: called by the append
         leader under the lock, for the tree its group extends (see `_sign`)."""
-        last = session.execute(
-            select(col(StoredCheckpoint.size), col(StoredCheckpoint.note))
-            .order_by(col(StoredCheckpoint.size).desc())
-            .limit(1)
-        ).first()
-        self.require_consistent_with(
-            session, None if last is None else (int(last[0]), str(last[1])), size, root, appending=appending
-        )
+        self.require_consistent_with(session, last_checkpoint(session), size, root, appending=appending)
 
     def require_consistent_with(
         self, session: Session, last: tuple[int, str] | None, size: int, root: bytes, *, appending: bool = False
@@ -289,3 +277,21 @@ def check_current_key(rows: list[tuple[str, Any]], key_id: str) -> None:
         key_id=key_id,
         current=current,
     )
+
+
+def signing_key_rows(session: Session, key_id: str) -> list[tuple[str, Any]]:
+    """(key_id, valid_until) of the signing keys that are `key_id` or current: what
+    `check_current_key` decides on."""
+    rows = session.execute(
+        select(SigningKey.key_id, SigningKey.valid_until).where(  # type: ignore[call-overload]
+            (col(SigningKey.key_id) == key_id) | col(SigningKey.valid_until).is_(None)
+        )
+    ).all()
+    return [(str(k), until) for k, until in rows]
+
+
+def last_checkpoint(session: Session) -> tuple[int, str] | None:
+    """(size, note) of the largest stored checkpoint, or None."""
+    q = select(col(StoredCheckpoint.size), col(StoredCheckpoint.note)).order_by(col(StoredCheckpoint.size).desc())
+    last = session.execute(q.limit(1)).first()
+    return None if last is None else (int(last[0]), str(last[1]))
